@@ -1,0 +1,282 @@
+"""One typed configuration schema for a pretraining run.
+
+A run config is a YAML file (see ``configs/``) plus ``key.sub=value`` overrides from the
+command line. Everything is validated before any process group or data loader starts:
+an unknown key fails with the key's dotted name and the closest valid names, a value of
+the wrong type fails with the key, the value and the expected type.
+
+    cfg = load_config("configs/demo.yaml", ["train.max_steps=20", "data.crop_size=[32,32,16]"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the reason."""
+
+
+@dataclass
+class DataConfig:
+    shards: str = "outputs/demo/shards"  # shards dir (with index.json) or a list of URLs
+    domains: list[str] = field(default_factory=list)  # empty: every domain in the index
+    crop_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # one int (cube) or three
+    crops_per_volume: int = 4
+    num_workers: int = 2
+    shuffle_buffer: int = 16
+    prefetch_factor: int = 2
+    val_crops_per_domain: int = 8  # fixed crops (and fixed masks) for per-domain validation
+    strict: bool = False  # raise on a corrupted shard instead of a counted, logged skip
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    patch_size: int = 8
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    activation_checkpointing: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # explicit sizes (width, depth, heads, ...)
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "transfer"
+    update_every: int = 10  # optimizer steps between sampler observations / weight updates
+    options: dict[str, Any] = field(default_factory=dict)  # passed to samplers.build(name, ...)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    lr: float = 1.5e-4
+    min_lr: float = 1.0e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | wsd (warm-up, stable, decay)
+    decay_fraction: float = 0.2  # wsd only: fraction of steps spent decaying
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on GPUs that have it, else fp32)
+    zero_stage: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 25
+    log_every: int = 1
+    seed: int = 0
+    allow_config_change: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True  # offline unless the user is logged in
+    wandb_project: str = "mixpretrain"
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "outputs/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# Keys whose values are free-form dicts: their contents are validated by their consumers
+# (the model builder, the sampler registry), not by this schema.
+_FREE_FORM = {"model.overrides", "sampler.options"}
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        keys.append(name)
+        ftype = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            keys.extend(_valid_keys(ftype, name + "."))
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _valid_keys(RunConfig), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, ftype: Any) -> Any:
+    """Check ``value`` against the annotated type, converting only where it is lossless."""
+    origin = typing.get_origin(ftype)
+    if ftype is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(ftype):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': value {value!r} does not match {ftype}")
+    if origin is list:
+        (item_type,) = typing.get_args(ftype)
+        if key == "data.crop_size" and isinstance(value, int):
+            value = [value] * 3  # one int means a cube
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if ftype is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if ftype is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if ftype is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key '{key}': expected {getattr(ftype, '__name__', ftype)}, got {value!r}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown_key(f"{prefix}{key}")
+    kwargs = {}
+    for name, value in raw.items():
+        ftype = hints[name]
+        if dataclasses.is_dataclass(ftype):
+            kwargs[name] = _build(ftype, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, ftype)
+    return cls(**kwargs)
+
+
+def _validate(cfg: RunConfig) -> None:
+    if len(cfg.data.crop_size) != 3 or any(c <= 0 for c in cfg.data.crop_size):
+        raise ConfigError(f"config key 'data.crop_size': expected one int or three positive ints, got {cfg.data.crop_size}")
+    if any(c % cfg.model.patch_size for c in cfg.data.crop_size):
+        raise ConfigError(
+            f"config key 'data.crop_size': {cfg.data.crop_size} must be a multiple of model.patch_size={cfg.model.patch_size}"
+        )
+    if not 0.0 < cfg.model.mask_ratio < 1.0:
+        raise ConfigError(f"config key 'model.mask_ratio': must be in (0, 1), got {cfg.model.mask_ratio}")
+    if cfg.train.schedule not in ("cosine", "wsd"):
+        raise ConfigError(f"config key 'train.schedule': expected cosine or wsd, got {cfg.train.schedule!r}")
+    if cfg.train.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"config key 'train.precision': expected auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
+    if cfg.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"config key 'train.zero_stage': expected 0..3, got {cfg.train.zero_stage}")
+    for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "checkpoint_every", "eval_every", "log_every"):
+        if getattr(cfg.train, key) <= 0:
+            raise ConfigError(f"config key 'train.{key}': must be positive, got {getattr(cfg.train, key)}")
+    if cfg.sampler.update_every <= 0:
+        raise ConfigError(f"config key 'sampler.update_every': must be positive, got {cfg.sampler.update_every}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", parsed value). Values are parsed as YAML (``3``, ``true``, ``[1,2]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if key.startswith("--"):
+        key = key[2:]
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        dotted = ".".join(parts[: i + 1])
+        if dotted in _FREE_FORM:  # e.g. sampler.options.tau=2
+            node = node.setdefault(part, {})
+            continue
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{dotted}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    raw = json.loads(json.dumps(raw or {}))  # deep copy; YAML gives plain types
+    for text in overrides or []:
+        key, value = parse_override(text)
+        root = key.split(".")[0]
+        if root not in {f.name for f in dataclasses.fields(RunConfig)}:
+            raise _unknown_key(key)
+        _set_dotted(raw, key, value)
+    cfg = _build(RunConfig, raw)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; free-form dicts are flattened too, for diffs."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_fingerprint(cfg: RunConfig, ignore: tuple[str, ...] = ()) -> str:
+    """Stable hash of the config, for refusing to resume a run under a different config."""
+    flat = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))

@@ -1,0 +1,1 @@
+"""mixpretrain.samplers"""
