@@ -27,5 +27,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two launcher processes acting as two nodes on this machine (tests/multinode), alone.
+test-multinode: $(STAMP)
+	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu WANDB_MODE=offline $(BIN)/python -m pytest -q tests/multinode
+
+# Build the CPU image and run a few training steps inside it, where a Docker engine answers.
+docker-build:
+	@if ! docker info >/dev/null 2>&1; then \
+		echo "docker-build: no Docker engine reachable here (docker info failed); skipping the image build and smoke run"; \
+	else \
+		docker build -f docker/Dockerfile --target cpu -t mixpretrain:cpu . && \
+		docker run --rm mixpretrain:cpu bash -c 'set -e; \
+			mixpretrain synth --out /tmp/shards --domains ct,mri,pet --cases 4 --size 32; \
+			docker/entrypoint.sh --config configs/demo.yaml data.shards=/tmp/shards output_dir=/tmp/run \
+				train.max_steps=3 data.num_workers=1 logging.wandb=false logging.progress_bar=false; \
+			test -s /tmp/run/metrics.jsonl && tail -n 1 /tmp/run/metrics.jsonl'; \
+	fi
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -76,6 +76,9 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     allow_config_change: bool = False
+    # Added by the trainer (issue 6):
+    deepspeed_config: str = ""  # DeepSpeed JSON template; empty: configs/deepspeed/zero{zero_stage}.json
+    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk (older ones removed)
 
 
 @dataclass

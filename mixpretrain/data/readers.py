@@ -1,0 +1,320 @@
+"""Read 3-D scans (NIfTI, NRRD, MHA/MHD, DICOM series) into RAS-oriented float32 arrays.
+
+All parsing is done by nibabel (NIfTI) and SimpleITK/GDCM (NRRD, MHA/MHD, DICOM); pydicom reads
+only the header fields that SimpleITK does not expose (PET dose, weight and timing for SUV).
+
+A :class:`Volume` holds ``array`` with axes (x, y, z) = (i, j, k) such that increasing an index
+moves toward Right, Anterior, Superior (nibabel's "RAS+" canonical orientation), the 4x4
+``affine`` from voxel index to RAS world millimetres, and ``spacing`` per array axis.
+
+Bad input raises :class:`ReadError` naming the file and the reason (unreadable or truncated
+file, 2-D image, 4-D image with several frames unless ``frames="first"``, vector image).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ReadError(ValueError):
+    """A scan cannot be used; the message names the file and the reason."""
+
+
+@dataclass
+class ScanSource:
+    """One case to read: a scan file, or a DICOM series (folder + series UID)."""
+
+    path: Path
+    series_uid: str | None = None  # set for DICOM series
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.series_uid is not None
+
+    def __str__(self) -> str:
+        return f"{self.path} [series {self.series_uid}]" if self.is_dicom else str(self.path)
+
+
+@dataclass
+class Volume:
+    array: np.ndarray  # float32, (x, y, z), RAS
+    affine: np.ndarray  # 4x4 voxel -> RAS mm
+    spacing: tuple[float, float, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def scan_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in SCAN_SUFFIXES if name.endswith(s)), None)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:  # extension-less DICOM (common from PACS exports): "DICM" magic at byte 128
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_series(folder: Path) -> list[ScanSource]:
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    return [ScanSource(folder, uid) for uid in ids]
+
+
+def discover(paths: list[str | Path]) -> list[ScanSource]:
+    """Scan files and DICOM series under ``paths`` (searched recursively), in a stable order.
+
+    A folder that directly holds DICOM files yields one source per series in it. A path that
+    does not exist raises FileNotFoundError; an explicit file with an unknown suffix raises
+    ReadError (inside folders such files are ignored: folders hold READMEs, masks, ...).
+    """
+    found: list[ScanSource] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"input {p} does not exist")
+        if p.is_file():
+            if scan_suffix(p):
+                found.append(ScanSource(p))
+            elif _is_dicom_file(p):
+                found.extend(s for s in _dicom_series(p.parent) if s not in found)
+            else:
+                raise ReadError(f"{p}: unknown scan format (expected one of {', '.join(SCAN_SUFFIXES)} or DICOM)")
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs.sort()
+            root_path = Path(root)
+            has_dicom = False
+            for name in sorted(files):
+                f = root_path / name
+                if scan_suffix(f):
+                    found.append(ScanSource(f))
+                elif not has_dicom and _is_dicom_file(f):
+                    has_dicom = True
+            if has_dicom:
+                found.extend(_dicom_series(root_path))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _check_shape(path: Any, shape: tuple[int, ...], frames: str) -> tuple[int, ...]:
+    """Return the spatial shape, or raise for 2-D / multi-frame inputs."""
+    shape = tuple(int(s) for s in shape)
+    # Trailing singleton dims (x, y, z, 1) are harmless; drop them.
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3 or min(shape[:3]) < 2:
+        raise ReadError(f"{path}: 2-D image (shape {list(shape)}); ingest needs 3-D volumes")
+    if len(shape) > 4:
+        raise ReadError(f"{path}: {len(shape)}-D image (shape {list(shape)}) is not supported")
+    if len(shape) == 4 and frames != "first":
+        raise ReadError(
+            f"{path}: 4-D image with {shape[3]} frames (shape {list(shape)}); pass --frames first to take frame 0"
+        )
+    return shape
+
+
+def _read_nifti(path: Path, frames: str) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = _check_shape(path, img.shape, frames)
+        # dataobj applies scl_slope/inter; slice before reading so 4-D files load one frame only.
+        data = img.dataobj[(...,) + (0,) * (len(shape) - 3)] if len(shape) == 4 else img.dataobj
+        array = np.asarray(data, dtype=np.float32).reshape(shape[:3])
+    except ReadError:
+        raise
+    except Exception as exc:  # nibabel raises many types for truncated/garbled files
+        raise ReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    meta = {"format": "nifti", "reader": "nibabel", "source_dtype": str(img.get_data_dtype())}
+    if len(shape) == 4:
+        meta["frames"] = {"count": shape[3], "used": 0}
+    return Volume(array, img.affine.astype(np.float64), _spacing(img.affine), meta)
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def _sitk_to_volume(img: Any, path: Any, frames: str, meta: dict) -> Volume:
+    import SimpleITK as sitk
+
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ReadError(f"{path}: vector image with {img.GetNumberOfComponentsPerPixel()} components per voxel")
+    size = img.GetSize()
+    shape = _check_shape(path, size, frames)
+    if img.GetDimension() == 4:
+        meta["frames"] = {"count": size[3], "used": 0}
+        img = sitk.Extract(img, [*size[:3], 0], [0, 0, 0, 0])
+    elif img.GetDimension() != 3:
+        img = sitk.Extract(img, [*shape[:3]] + [0] * (img.GetDimension() - 3), [0] * img.GetDimension())
+    array = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(np.float32)  # (z,y,x) -> (x,y,z)
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * np.array(img.GetSpacing())
+    affine_lps[:3, 3] = img.GetOrigin()
+    meta.setdefault("source_dtype", img.GetPixelIDTypeAsString())
+    return Volume(array, LPS_TO_RAS @ affine_lps, tuple(float(s) for s in img.GetSpacing()), meta)
+
+
+def _read_itk_file(path: Path, frames: str) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ReadError(f"{path}: unreadable ({str(exc).strip().splitlines()[-1]})") from exc
+    fmt = scan_suffix(path).lstrip(".").replace("nhdr", "nrrd").replace("mhd", "mha")
+    return _sitk_to_volume(img, path, frames, {"format": fmt, "reader": "SimpleITK"})
+
+
+def _slice_positions(reader: Any, n: int) -> np.ndarray | None:
+    try:
+        return np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+    except (RuntimeError, ValueError):
+        return None
+
+
+def _fix_slice_geometry(vol: Volume, positions: np.ndarray, meta: dict) -> Volume:
+    """Correct gantry tilt (slices shifted in-plane) and uneven slice gaps of a DICOM series.
+
+    ITK assumes slice k sits at origin + k * dz * normal. The true positions (0020,0032) may
+    step along a direction that is not the slice normal (gantry tilt) and by uneven amounts
+    (missing or variable slices). Each slice is shifted back in-plane by its offset along the
+    column direction, then the stack is linearly resampled along the normal onto a uniform grid.
+    """
+    from scipy import ndimage
+
+    rot = (LPS_TO_RAS[:3, :3] @ vol.affine[:3, :3]) / np.array(vol.spacing)  # LPS unit axis vectors
+    r_dir, c_dir, n_dir = rot[:, 0], rot[:, 1], rot[:, 2]
+    d = positions - positions[0]
+    along_r, along_c, along_n = d @ r_dir, d @ c_dir, d @ n_dir
+    steps = np.diff(along_n)
+    if np.any(steps <= 0):
+        raise ReadError(f"{meta['path']}: DICOM slice positions are not strictly increasing along the normal")
+    tilt = np.abs(along_c).max() > 0.01 * vol.spacing[1] or np.abs(along_r).max() > 0.01 * vol.spacing[0]
+    uneven = (steps.max() - steps.min()) > 0.01 * np.median(steps)
+    if not (tilt or uneven):
+        return vol
+    array = vol.array
+    if tilt:
+        meta["gantry_tilt_deg"] = float(np.degrees(np.arctan2(along_c[-1], along_n[-1])))
+        shifted = np.empty_like(array)
+        for k in range(array.shape[2]):  # shift slice k by (-along_r/sx, -along_c/sy) voxels
+            shifts = (along_r[k] / vol.spacing[0], along_c[k] / vol.spacing[1])
+            shifted[:, :, k] = ndimage.shift(array[:, :, k], shifts, order=1, mode="nearest")
+        array = shifted
+    dz = float(np.median(steps))
+    n_out = int(round(along_n[-1] / dz)) + 1
+    grid = np.arange(n_out) * dz
+    if uneven or tilt:
+        upper = np.clip(np.searchsorted(along_n, grid, side="right"), 1, len(along_n) - 1)
+        lower = upper - 1
+        w = np.clip((grid - along_n[lower]) / (along_n[upper] - along_n[lower]), 0.0, 1.0).astype(np.float32)
+        array = array[:, :, lower] * (1 - w) + array[:, :, upper] * w
+    meta["slice_steps_mm"] = {"min": float(steps.min()), "max": float(steps.max()), "resampled_to": dz}
+    affine = vol.affine.copy()
+    affine[:3, 2] = (LPS_TO_RAS[:3, :3] @ n_dir) * dz
+    return Volume(np.ascontiguousarray(array, dtype=np.float32), affine, (vol.spacing[0], vol.spacing[1], dz), meta)
+
+
+def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(src.path), src.series_uid)
+    if not files:
+        raise ReadError(f"{src}: DICOM series has no files")
+    if len(files) < 2:
+        raise ReadError(f"{src}: 2-D image (DICOM series of 1 slice); ingest needs 3-D volumes")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # tilt/uneven-gap warnings: handled below
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ReadError(f"{src}: unreadable DICOM series ({str(exc).strip().splitlines()[-1]})") from exc
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(True)
+    meta = {"format": "dicom", "reader": "SimpleITK", "files": len(files), "path": str(src)}
+    meta["dicom_modality"] = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
+    vol = _sitk_to_volume(img, src, frames, meta)
+    positions = _slice_positions(reader, len(files))
+    if positions is not None and len(positions) == vol.array.shape[2]:
+        vol = _fix_slice_geometry(vol, positions, meta)
+    vol.meta["first_file"] = files[0]
+    return vol
+
+
+def read_volume(src: ScanSource | str | Path, frames: str = "error") -> Volume:
+    """Read one scan and reorient it to RAS. ``frames``: "error" (4-D input raises) or "first"."""
+    import nibabel as nib
+
+    if not isinstance(src, ScanSource):
+        src = ScanSource(Path(src))
+    if frames not in ("error", "first"):
+        raise ValueError(f"frames must be 'error' or 'first', got {frames!r}")
+    if src.is_dicom:
+        vol = _read_dicom_series(src, frames)
+    else:
+        if not src.path.is_file():
+            raise ReadError(f"{src.path}: not a file")
+        if src.path.stat().st_size == 0:
+            raise ReadError(f"{src.path}: empty file")
+        suffix = scan_suffix(src.path)
+        if suffix in (".nii", ".nii.gz"):
+            vol = _read_nifti(src.path, frames)
+        elif suffix:
+            vol = _read_itk_file(src.path, frames)
+        else:
+            raise ReadError(f"{src.path}: unknown scan format")
+    if vol.array.size == 0:
+        raise ReadError(f"{src}: image has no voxels")
+    vol.meta["path"] = str(src)
+    vol.meta["source_shape"] = list(vol.array.shape)
+    vol.meta["source_orientation"] = "".join(nib.aff2axcodes(vol.affine))
+    vol.meta["source_spacing"] = list(vol.spacing)
+    return to_ras(vol)
+
+
+def to_ras(vol: Volume) -> Volume:
+    """Flip/permute axes so the array is in nibabel's RAS+ canonical orientation (no resampling)."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(vol.affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return vol
+    array = nio.apply_orientation(vol.array, ornt)
+    affine = vol.affine @ nio.inv_ornt_aff(ornt, vol.array.shape)
+    return Volume(np.ascontiguousarray(array), affine, _spacing(affine), vol.meta)
+
+
+def dicom_header(path: str | Path) -> Any:
+    """pydicom dataset of one file, without pixel data (for SUV fields)."""
+    import pydicom
+
+    return pydicom.dcmread(str(path), stop_before_pixels=True)

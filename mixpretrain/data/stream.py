@@ -1,0 +1,375 @@
+"""DomainStream: random 3-D crops from one domain's WebDataset shards.
+
+    stream = DomainStream("outputs/demo/shards", "ct", crop_size=(32, 32, 32), crops_per_volume=4, seed=0)
+    loader = torch.utils.data.DataLoader(stream, batch_size=8, num_workers=2)
+
+Each item is ``{"image": float32 tensor 1 x D x H x W, "domain": str, "key": str}``.
+
+Pipeline (built on ``webdataset``, assembled lazily in ``__iter__`` so it runs inside whichever
+DataLoader worker iterates it, and can be pulled one sample at a time by MixtureStream):
+
+    shard list --(train) ResampledShards, seeded per (seed, epoch, rank, worker, domain)
+               --(finite) fixed order, split by node then by worker
+    -> url_opener -> tar_file_expander -> per-shard completeness check -> group_by_keys
+    -> shuffle raw (compressed) samples -> decode_sample -> k crops per volume -> shuffle crops
+
+Modes. ``resampled=None`` means: infinite resampled mode for ``split="train"``, finite mode
+otherwise. In finite mode every sample is read exactly once per epoch across ranks x workers:
+shards are dealt out like ``wds.split_by_node`` then ``wds.split_by_worker`` when there are at
+least as many shards as (rank, worker) slots; with fewer shards (``split_by="auto"``) every slot
+reads every shard but keeps only every n-th sample, so no worker idles and nothing blocks. A slot
+with nothing to read yields nothing and ends; it never waits on others.
+
+Determinism. Shard draws, shuffles and crops come from RNGs seeded by
+``(seed, epoch, rank, worker, domain)``; in finite mode crops are seeded per sample key, so
+validation crops do not depend on the number of ranks or workers. To resume, construct the
+stream with the same ``seed`` and a new ``epoch`` (e.g. the resume count, or pass
+``state_dict()`` / ``load_state_dict()``): the resumed run draws a fresh, reproducible stream
+rather than replaying the samples seen before the checkpoint.
+
+Bad shards. A shard that cannot be opened, is truncated or corrupted, or holds fewer samples
+than index.json lists, and a sample that does not decode, is logged (with the shard and the
+reason) and counted in ``stream.stats`` (per process), then skipped; ``strict=True`` raises
+:class:`ShardError` instead. If every shard keeps failing, the stream raises rather than spin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from mixpretrain.data.shards import INDEX_NAME, ShardError, decode_sample, load_index, shard_urls
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from any tuple (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def _as_crop_size(crop_size: int | Sequence[int]) -> tuple[int, int, int]:
+    size = (int(crop_size),) * 3 if isinstance(crop_size, int | np.integer) else tuple(int(c) for c in crop_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"crop_size must be one positive int or three, got {crop_size!r}")
+    return size  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://", "pipe:", "file:"))
+
+
+def _remote_index(url: str) -> tuple[str, dict]:
+    """Fetch ``index.json`` from an http(s) shards dir; returns (base URL, index)."""
+    base = url[: -len(INDEX_NAME)] if url.endswith(INDEX_NAME) else url.rstrip("/") + "/"
+    try:
+        with urllib.request.urlopen(base + INDEX_NAME, timeout=30) as resp:
+            return base, json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read shard index {base + INDEX_NAME}: {exc}") from exc
+
+
+def _from_index(index: dict, where: str, domain: str, split: str, base: str) -> tuple[list[str], dict[str, int]]:
+    if domain not in index.get("domains", {}):
+        raise ValueError(f"domain {domain!r} not in {where}; domains: {sorted(index.get('domains', {}))}")
+    shards = sorted((s for s in index["domains"][domain]["shards"] if s["split"] == split), key=lambda s: s["file"])
+    urls = [base + s["file"] for s in shards]
+    return urls, {u: int(s["samples"]) for u, s in zip(urls, shards, strict=True)}
+
+
+def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) -> tuple[list[str], dict[str, int]]:
+    """Shard URLs for one domain and split, and the sample count of each shard where known.
+
+    ``source``: a shards dir (local, read via index.json), an http(s) URL of a shards dir or of its
+    index.json, one URL / path / brace pattern (``a-{000000..000003}.tar``, ``::``-separated), or
+    a list of URLs (local paths, ``http(s)://``, ``pipe:`` commands) taken as given.
+    """
+    if isinstance(source, str | Path) and Path(source).is_dir():
+        if not (Path(source) / INDEX_NAME).is_file():
+            raise ValueError(f"{source} is a directory without {INDEX_NAME}; pass a shards dir or a list of shard URLs")
+        try:
+            urls = shard_urls(source, domain, split)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        index = load_index(source)
+        counts = {str(Path(source) / s["file"]): int(s["samples"]) for s in index["domains"][domain]["shards"]}
+        return urls, {u: counts[u] for u in urls}
+    if isinstance(source, str) and source.startswith(("http://", "https://")) and (
+        source.endswith("/") or source.endswith(INDEX_NAME)
+    ):
+        base, index = _remote_index(source)
+        return _from_index(index, base + INDEX_NAME, domain, split, base)
+    if isinstance(source, str | Path):
+        from webdataset.shardlists import expand_urls
+
+        return expand_urls(str(source)), {}
+    urls = [str(u) for u in source]
+    if not all(isinstance(u, str | Path) for u in source):
+        raise ValueError(f"source list must hold URL or path strings, got {source!r}")
+    return urls, {}
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def crop_starts(shape: Sequence[int], crop: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """Uniform random start per axis; 0 where the volume is smaller than the crop (padded)."""
+    return [int(rng.integers(0, s - c + 1)) if s > c else 0 for s, c in zip(shape, crop, strict=True)]
+
+
+def extract_crop(volume: np.ndarray, start: Sequence[int], crop: Sequence[int], pad_value: float) -> np.ndarray:
+    """float32 crop of ``volume`` at ``start``; axes shorter than the crop are padded symmetrically."""
+    region = volume[tuple(slice(s, s + c) for s, c in zip(start, crop, strict=True))].astype(np.float32)
+    if region.shape == tuple(crop):
+        return region
+    pads = [((c - n) // 2, c - n - (c - n) // 2) for n, c in zip(region.shape, crop, strict=True)]
+    return np.pad(region, pads, mode="constant", constant_values=pad_value)
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+class DomainStream(IterableDataset):
+    """Iterable of random crops from one domain; see the module docstring for modes and seeding.
+
+    Args:
+        source: shards dir, http(s) shards dir / index.json URL, URL pattern, or list of URLs.
+        domain: domain name (as in index.json); also the ``domain`` of every item.
+        split: "train" or "val" (which shards of a shards dir to read).
+        crop_size: one int (cube) or (D, H, W).
+        crops_per_volume: k random crops per decoded volume.
+        seed, epoch: RNG seeds; a new ``epoch`` (or resume count) gives a new, reproducible stream.
+        resampled: infinite resampled mode; None: True for "train", False otherwise.
+        strict: raise on a bad shard or sample instead of a logged, counted skip.
+        shuffle_buffer: raw (still compressed) samples held for shuffling; 0/1 disables.
+        crop_shuffle: crops held for shuffling, so a batch does not hold k crops of one volume;
+            None: 2 x crops_per_volume in resampled mode, 0 in finite mode.
+        rank, world_size: override the node topology (default: RANK/WORLD_SIZE env vars or
+            torch.distributed, as webdataset reads them).
+        split_by: finite mode: "shard", "sample" or "auto" (shard if enough shards, else sample).
+        pad_value: value for padding small volumes; None: the volume's minimum (its background).
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[str],
+        domain: str,
+        split: str = "train",
+        crop_size: int | Sequence[int] = (96, 96, 96),
+        crops_per_volume: int = 1,
+        seed: int = 0,
+        resampled: bool | None = None,
+        strict: bool = False,
+        *,
+        epoch: int = 0,
+        shuffle_buffer: int = 16,
+        crop_shuffle: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        split_by: str = "auto",
+        pad_value: float | None = None,
+    ) -> None:
+        super().__init__()
+        if crops_per_volume < 1:
+            raise ValueError(f"crops_per_volume must be >= 1, got {crops_per_volume}")
+        if split_by not in ("auto", "shard", "sample"):
+            raise ValueError(f"split_by must be auto, shard or sample, got {split_by!r}")
+        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
+            raise ValueError(f"rank and world_size go together with 0 <= rank < world_size, got {rank}, {world_size}")
+        self.source, self.domain, self.split = source, domain, split
+        self.crop_size = _as_crop_size(crop_size)
+        self.crops_per_volume = int(crops_per_volume)
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.resampled = (split == "train") if resampled is None else bool(resampled)
+        self.strict = strict
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.crop_shuffle = (2 * self.crops_per_volume if self.resampled else 0) if crop_shuffle is None else int(crop_shuffle)
+        self.rank, self.world_size, self.split_by = rank, world_size, split_by
+        self.pad_value = pad_value
+        # Resolved eagerly so a bad source fails in the main process, with its name.
+        self.urls, self.expected = resolve_source(source, domain, split)
+        if not self.urls:
+            raise ValueError(f"no {split} shards for domain {domain!r} in {source}")
+        self.stats = {"volumes": 0, "crops": 0, "bad_shards": 0, "bad_samples": 0}
+        self.errors: list[str] = []  # the reasons behind the counts (last 100)
+
+    # -- resume ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"domain": self.domain, "seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def num_samples(self) -> int | None:
+        """Items one finite epoch yields across all ranks and workers (None when unknown)."""
+        if self.resampled or set(self.expected) != set(self.urls):
+            return None
+        return sum(self.expected.values()) * self.crops_per_volume
+
+    # -- topology ------------------------------------------------------------------------------
+    def topology(self) -> tuple[int, int, int, int]:
+        """(rank, world_size, worker, num_workers), read where the stream is iterated."""
+        from webdataset.utils import pytorch_worker_info
+
+        rank, world, worker, workers = pytorch_worker_info()
+        if self.world_size is not None:
+            rank, world = self.rank, self.world_size
+        return int(rank), int(world), int(worker), int(workers)
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _failure(self, kind: str, where: str, reason: str) -> None:
+        self.stats[kind] += 1
+        msg = f"domain {self.domain!r}: skipped {'shard' if kind == 'bad_shards' else 'sample'} {where}: {reason}"
+        self.errors = (self.errors + [msg])[-100:]
+        if self.strict:
+            raise ShardError(msg.replace("skipped", "bad", 1) + " (strict=True)")
+        log.warning("%s (skipped so far: %d shards, %d samples)", msg, self.stats["bad_shards"], self.stats["bad_samples"])
+        self._no_progress(msg)
+
+    def _no_progress(self, last: str) -> None:
+        """Count a failure with no good sample since; raise when it looks like every shard is bad.
+
+        Resampled mode would otherwise redraw broken shards forever without yielding anything.
+        """
+        self._consecutive_failures += 1
+        if self._consecutive_failures > 2 * len(self.urls) + 8:
+            raise ShardError(
+                f"domain {self.domain!r}: {self._consecutive_failures} failures in a row without one good sample; last: {last}"
+            )
+
+    def _url_of(self, exn: BaseException) -> str:
+        for arg in reversed(exn.args):
+            if isinstance(arg, str) and arg in self._url_set:
+                return arg
+        text = " ".join(map(str, exn.args))
+        return next((u for u in self.urls if u in text), "<unknown shard>")
+
+    def _on_shard_error(self, exn: Exception) -> bool:
+        """webdataset handler: log, count, skip (True = carry on) or raise when strict."""
+        if self.strict and isinstance(exn, ShardError):
+            raise exn  # ours, raised by an inner handler: outer webdataset levels must not swallow it
+        url = self._url_of(exn)
+        if url in self._failed_now:  # one broken shard raises at several levels (or is redrawn): log it once
+            self._no_progress(f"{url} again")
+            return True
+        self._failed_now.add(url)
+        first = str(exn.args[0]) if exn.args else type(exn).__name__
+        self._failure("bad_shards", url, f"{type(exn).__name__}: {first}")
+        return True
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _shards(self, rank: int, world: int, worker: int, workers: int) -> tuple[Any, Callable | None]:
+        """Shard URL source and, for finite sample-level splitting, the sample filter."""
+        import webdataset as wds
+
+        if self.resampled:
+            seed = derive_seed("shards", self.seed, self.epoch, rank, worker, self.domain)
+            return wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0, deterministic=True), None
+        urls = list(self.urls)
+        if self.split == "train" and self.shuffle_buffer > 1:
+            # Same order on every rank and worker (seed has no rank in it), so the split below
+            # stays a partition of the shards.
+            random.Random(derive_seed("order", self.seed, self.epoch, self.domain)).shuffle(urls)
+        slots, slot = world * workers, rank * workers + worker
+        if self.split_by == "shard" or (self.split_by == "auto" and len(urls) >= slots):
+            # Same dealing as wds.split_by_node followed by wds.split_by_worker.
+            mine = list(islice(islice(urls, rank, None, world), worker, None, workers))
+            # A slot without shards gets an empty source: it yields nothing and ends.
+            return lambda: iter([{"url": u} for u in mine]), None
+        return lambda: iter([{"url": u} for u in urls]), lambda samples: islice(samples, slot, None, slots)
+
+    def _checked_files(self, files: Iterator[dict]) -> Iterator[dict]:
+        """Pass tar members through; at each shard's end compare its sample count with the index.
+
+        A tar cut at a member boundary reads as a clean, shorter archive: only the count shows it.
+        """
+        keys: set[str] = set()
+        url = None
+        for f in files:
+            if f == {}:  # webdataset's end-of-shard marker
+                want = self.expected.get(url or "")
+                if url is not None and want is not None and len(keys) < want and url not in self._failed_now:
+                    self._failed_now.add(url)
+                    self._failure("bad_shards", url, f"truncated: {len(keys)} of {want} samples listed in {INDEX_NAME}")
+                keys, url = set(), None
+            else:
+                if f.get("__url__", url) != url:  # a shard that failed mid-way sent no end marker
+                    keys, url = set(), f.get("__url__")
+                keys.add(f["fname"].split("/")[-1].split(".", 1)[0])
+            yield f
+
+    def _samples(self, src: Iterable[dict]) -> Iterator[Sample]:
+        from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+        streams = url_opener(src, handler=self._on_shard_error)
+        files = tar_file_expander(streams, handler=self._on_shard_error)
+        return group_by_keys(self._checked_files(files), handler=self._on_shard_error)
+
+    def _crops(self, samples: Iterable[Sample], rank: int, worker: int) -> Iterator[Sample]:
+        worker_rng = np.random.default_rng(derive_seed("crops", self.seed, self.epoch, rank, worker, self.domain))
+        for sample in samples:
+            where = f"{sample.get('__key__', '?')!r} in {sample.get('__url__', '?')}"
+            try:
+                volume, meta = decode_sample(sample)
+            except ShardError as exc:
+                self._failure("bad_samples", where, str(exc))
+                continue
+            if volume.ndim != 3 or volume.size == 0:
+                self._failure("bad_samples", where, f"volume shape {volume.shape} is not a non-empty 3-D array")
+                continue
+            self._consecutive_failures = 0
+            self.stats["volumes"] += 1
+            key = str(sample["__key__"])
+            # Finite mode: crops depend on the sample only, not on which rank/worker reads it.
+            rng = worker_rng if self.resampled else np.random.default_rng(derive_seed("crop", self.seed, self.epoch, self.domain, key))
+            pad = self.pad_value
+            if pad is None and any(s < c for s, c in zip(volume.shape, self.crop_size, strict=True)):
+                pad = float(volume.min())
+            for _ in range(self.crops_per_volume):
+                crop = extract_crop(volume, crop_starts(volume.shape, self.crop_size, rng), self.crop_size, pad or 0.0)
+                self.stats["crops"] += 1
+                yield {"image": torch.from_numpy(crop[None]), "domain": self.domain, "key": key}
+
+    def __iter__(self) -> Iterator[Sample]:
+        import webdataset as wds
+
+        rank, world, worker, workers = self.topology()
+        self._url_set = set(self.urls)
+        self._failed_now: set[str] = set()
+        self._consecutive_failures = 0
+        shards, keep = self._shards(rank, world, worker, workers)
+        stages: list[Any] = [shards, self._samples]
+        if keep is not None:
+            stages.append(keep)
+        if self.shuffle_buffer > 1:
+            rng = random.Random(derive_seed("samples", self.seed, self.epoch, rank, worker, self.domain))
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
+        stages.append(lambda samples: self._crops(samples, rank, worker))
+        if self.crop_shuffle > 1:
+            rng = random.Random(derive_seed("crop-order", self.seed, self.epoch, rank, worker, self.domain))
+            stages.append(wds.shuffle(self.crop_shuffle, initial=self.crop_shuffle, rng=rng))
+        return iter(wds.DataPipeline(*stages))
+
+    def __repr__(self) -> str:
+        mode = "resampled" if self.resampled else "finite"
+        return (f"DomainStream({self.domain!r}, split={self.split!r}, {len(self.urls)} shards, {mode}, "
+                f"crop={self.crop_size}, k={self.crops_per_volume}, seed={self.seed}, epoch={self.epoch})")

@@ -1,0 +1,214 @@
+"""Classification on a pretrained encoder: linear probe and fine-tuning on pooled token features.
+
+Input: a CSV with columns ``image`` (path, relative to the CSV's folder or absolute), ``label``
+(integer class) and optionally ``split`` (``train`` / ``val``; without it a deterministic 25%
+of rows, by hash of the image path, are held out). Metrics on the held-out split: accuracy and
+ROC AUC (binary, or macro one-vs-rest for more classes; MONAI's ``compute_roc_auc``).
+
+- ``probe``: the encoder is frozen; the mean of its tokens is standardised and a logistic
+  regression (one linear layer) is trained full-batch on the train split.
+- ``finetune``: encoder and linear head trained end to end (AdamW, lower LR on the encoder).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODES = ("probe", "finetune")
+
+
+@dataclass
+class ClassifyConfig:
+    mode: str = "both"  # probe | finetune | both
+    patch_size: int | None = None  # expected patch size; None: the export's
+    img_size: list[int] | None = None  # None: the export's image size
+    intensity: str = "none"
+    probe_steps: int = 300
+    probe_lr: float = 1e-2
+    finetune_steps: int = 50
+    finetune_lr: float = 1e-4
+    batch_size: int = 4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    scratch: bool = False  # same architecture, random init (baseline)
+
+
+def read_classification_csv(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train items, val items), each ``{"image": abs path, "label": int}``; errors name the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classification CSV {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        missing = [c for c in ("image", "label") if c not in cols]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected image,label[,split], found {sorted(cols)}")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    train, val = [], []
+    for line, row in enumerate(rows, start=2):  # header is line 1
+        raw = (row.get("label") or "").strip()
+        if not raw:
+            raise ValueError(f"{path} line {line}: missing label for image {row.get('image')!r}")
+        try:
+            label = int(float(raw))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {line}: label {raw!r} is not an integer class") from exc
+        image = Path(row["image"].strip())
+        item = {"image": str(image if image.is_absolute() else path.parent / image), "label": label}
+        split = (row.get("split") or "").strip().lower()
+        if split not in ("", "train", "val", "validation", "test"):
+            raise ValueError(f"{path} line {line}: split {split!r} is not train or val")
+        if not split:  # deterministic hold-out by hash of the path
+            split = "val" if int(hashlib.sha256(row["image"].encode()).hexdigest(), 16) % 4 == 0 else "train"
+        (train if split == "train" else val).append(item)
+    if not train or not val:
+        raise ValueError(f"{path}: need rows in both train and val splits, got {len(train)} train, {len(val)} val")
+    return train, val
+
+
+def classification_metrics(probs: Any, labels: Any, n_classes: int) -> dict[str, float]:
+    """Accuracy and ROC AUC (NaN, with a warning, when the val split lacks a class)."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    probs, labels = torch.as_tensor(probs).float(), torch.as_tensor(labels).long()
+    acc = float((probs.argmax(1) == labels).float().mean())
+    if len(torch.unique(labels)) < 2:
+        log.warning("val split has one class only: AUC undefined")
+        return {"accuracy": acc, "auc": float("nan")}
+    if n_classes == 2:
+        auc = compute_roc_auc(probs[:, 1], labels)
+    else:
+        onehot = torch.nn.functional.one_hot(labels, n_classes)
+        auc = compute_roc_auc(probs, onehot, average="macro")
+    return {"accuracy": acc, "auc": float(auc)}
+
+
+def _stack(volumes: list[dict], items: list[dict]) -> tuple[Any, Any]:
+    import torch
+
+    return torch.stack([v["image"] for v in volumes]), torch.tensor([it["label"] for it in items])
+
+
+def _features(encoder: Any, x: Any, device: Any, batch_size: int) -> Any:
+    import torch
+
+    encoder.eval()
+    with torch.no_grad():
+        return torch.cat([encoder.forward_pooled(x[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])
+
+
+def linear_probe(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, device: Any) -> dict:
+    """Logistic regression on frozen, standardised pooled features."""
+    import torch
+
+    f_train = _features(encoder, data["x_train"], device, cfg.batch_size)
+    f_val = _features(encoder, data["x_val"], device, cfg.batch_size)
+    mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+    f_train, f_val = (f_train - mean) / std, (f_val - mean) / std
+    torch.manual_seed(cfg.seed)
+    head = torch.nn.Linear(f_train.shape[1], n_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.probe_lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.probe_steps):  # full batch: features are small
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(f_train), data["y_train"]).backward()
+        opt.step()
+    with torch.no_grad():
+        probs = head(f_val).softmax(1)
+    return classification_metrics(probs, data["y_val"], n_classes)
+
+
+class _PooledClassifier:
+    """Encoder + linear head on the token mean (a plain module wrapper, built lazily with torch)."""
+
+    @staticmethod
+    def build(encoder: Any, n_classes: int) -> Any:
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = encoder
+                self.head = torch.nn.Linear(encoder.width, n_classes)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.encoder.forward_pooled(x))
+
+        return Model()
+
+
+def finetune(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, device: Any) -> dict:
+    """Encoder + linear head trained end to end for ``finetune_steps`` mini-batches."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = _PooledClassifier.build(encoder, n_classes).to(device)
+    opt = torch.optim.AdamW([
+        {"params": model.encoder.parameters(), "lr": cfg.finetune_lr},
+        {"params": model.head.parameters(), "lr": cfg.finetune_lr * 10},
+    ], weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    x, y = data["x_train"], data["y_train"]
+    model.train()
+    for _ in range(cfg.finetune_steps):
+        idx = torch.as_tensor(rng.choice(len(x), size=min(cfg.batch_size, len(x)), replace=False))
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        xv = data["x_val"]
+        probs = torch.cat([model(xv[i : i + cfg.batch_size].to(device)).softmax(1).cpu()
+                           for i in range(0, len(xv), cfg.batch_size)])
+    return classification_metrics(probs, data["y_val"], n_classes)
+
+
+def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: ClassifyConfig | None = None) -> dict:
+    """Load the encoder and the CSV, run the requested mode(s); returns metrics per mode."""
+    from .common import load_pretrained, load_volumes, pick_device, seed_everything
+
+    cfg = cfg or ClassifyConfig()
+    modes = MODES if cfg.mode == "both" else (cfg.mode,)
+    if any(m not in MODES for m in modes):
+        raise ValueError(f"classification mode {cfg.mode!r} unknown; valid: probe, finetune, both")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    train, val = read_classification_csv(csv_path)
+    labels = sorted({it["label"] for it in train + val})
+    if labels != list(range(len(labels))) or len(labels) < 2:
+        raise ValueError(f"{csv_path}: labels must be 0..K-1 with K >= 2, found {labels}")
+    probe_enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=cfg.scratch)
+    img_size = list(probe_enc.img_size)
+    t0 = time.perf_counter()
+    x_train, y_train = _stack(load_volumes(train, img_size, cfg.intensity), train)
+    x_val, y_val = _stack(load_volumes(val, img_size, cfg.intensity), val)
+    data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    result: dict[str, Any] = {
+        "encoder": str(encoder_path), "data": str(csv_path), "img_size": img_size,
+        "n_train": len(train), "n_val": len(val), "n_classes": len(labels), "config": asdict(cfg),
+        "load_s": round(time.perf_counter() - t0, 2),
+    }
+    for mode in modes:
+        t0 = time.perf_counter()
+        # Fine-tuning changes the weights: each mode gets a fresh copy of the encoder.
+        enc = probe_enc if mode == "probe" else load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, cfg.scratch)
+        fn = linear_probe if mode == "probe" else finetune
+        result[mode] = {**fn(enc.to(device), data, len(labels), cfg, device), "seconds": round(time.perf_counter() - t0, 2)}
+        log.info("classification %s: %s", mode, result[mode])
+    return result

@@ -1,0 +1,136 @@
+"""``mixpretrain eval ...``: downstream evaluation of a pretrained encoder.
+
+    mixpretrain eval synth-tasks --out DIR [--cases 16 --size 32 --seed 0 --domain ct --overwrite]
+    mixpretrain eval classify --encoder enc.pt --data DIR/classification.csv [--mode probe|finetune|both]
+    mixpretrain eval segment  --encoder enc.pt --data DIR [--steps 100 --compare-scratch]
+
+Each prints a JSON result (``--json``) or a short table, and writes it to ``--out FILE`` when given.
+Heavy libraries (torch, monai) are imported inside the handlers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _size(text: str) -> list[int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected one int or three (e.g. 32 or 32,32,16), got {text!r}")
+    return parts
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", required=True, help="encoder export file (save_encoder), e.g. RUN/encoder.pt")
+    p.add_argument("--data", required=True, help="classification CSV, or Decathlon dataset folder / dataset.json")
+    p.add_argument("--patch-size", type=int, default=None, help="expected patch size (error if the export differs)")
+    p.add_argument("--img-size", type=_size, default=None, help="input size (default: the export's image size)")
+    p.add_argument("--intensity", default="none", choices=["none", "ct", "zscore", "percentile"],
+                   help="intensity normalisation (none: images already preprocessed like the shards)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--scratch", action="store_true", help="same architecture, random init (baseline)")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true", help="print the full JSON result")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="downstream evaluation of a pretrained encoder")
+    sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
+    ev.set_defaults(func=lambda args: (ev.print_help(), 2)[1])
+
+    t = sub.add_parser("synth-tasks", help="write phantom lesion classification + segmentation tasks")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--cases", type=int, default=16)
+    t.add_argument("--size", type=_size, default=[32, 32, 32])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--domain", default="ct", help="phantom preset: ct, mri, pet, ...")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=_synth_tasks)
+
+    c = sub.add_parser("classify", help="linear probe and/or fine-tuning on pooled encoder features")
+    _common(c)
+    c.add_argument("--mode", default="both", choices=["probe", "finetune", "both"])
+    c.add_argument("--probe-steps", type=int, default=300)
+    c.add_argument("--finetune-steps", type=int, default=50)
+    c.add_argument("--lr", type=float, default=1e-4, help="fine-tuning LR (encoder; the head gets 10x)")
+    c.set_defaults(func=_classify)
+
+    s = sub.add_parser("segment", help="fine-tune a UNETR-style decoder on the encoder, Dice per class")
+    _common(s)
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--lr", type=float, default=1e-3, help="decoder LR")
+    s.add_argument("--encoder-lr", type=float, default=1e-4)
+    s.add_argument("--feature-size", type=int, default=16)
+    s.add_argument("--freeze-encoder", action="store_true")
+    s.add_argument("--compare-scratch", action="store_true",
+                   help="also train the same model from scratch, side by side, and print the ratio")
+    s.set_defaults(func=_segment)
+
+
+def _synth_tasks(args: argparse.Namespace) -> int:
+    from .phantom_tasks import write_phantom_tasks
+
+    summary = write_phantom_tasks(args.out, args.cases, tuple(args.size), seed=args.seed,
+                                  overwrite=args.overwrite, domain=args.domain)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw = dict(patch_size=args.patch_size, img_size=args.img_size, intensity=args.intensity,
+              seed=args.seed, device=args.device, scratch=args.scratch)
+    if args.batch_size is not None:
+        kw["batch_size"] = args.batch_size
+    return kw
+
+
+def _emit(result: dict, args: argparse.Namespace, lines: list[str]) -> None:
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text if args.json else "\n".join(lines))
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from .classify import ClassifyConfig, run_classification
+
+    cfg = ClassifyConfig(mode=args.mode, probe_steps=args.probe_steps, finetune_steps=args.finetune_steps,
+                         finetune_lr=args.lr, **_base_kwargs(args))
+    result = run_classification(args.encoder, args.data, cfg)
+    lines = [f"classification on {args.data} ({result['n_train']} train, {result['n_val']} val), encoder {args.encoder}"]
+    lines += [f"  {m:9s} accuracy {_fmt(result[m]['accuracy'])}  AUC {_fmt(result[m]['auc'])}  ({result[m]['seconds']} s)"
+              for m in ("probe", "finetune") if m in result]
+    _emit(result, args, lines)
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .segment import SegmentConfig, run_segmentation
+
+    cfg = SegmentConfig(steps=args.steps, lr=args.lr, encoder_lr=args.encoder_lr, feature_size=args.feature_size,
+                        freeze_encoder=args.freeze_encoder, **_base_kwargs(args))
+    result = run_segmentation(args.encoder, args.data, cfg, compare_scratch=args.compare_scratch)
+    lines = [f"segmentation on {args.data} ({result['n_train']} train, {result['n_val']} val), {args.steps} steps"]
+    for init in ("pretrained", "scratch"):
+        if init in result:
+            r = result[init]
+            per = "  ".join(f"{k} {_fmt(v)}" for k, v in r["dice"].items())
+            lines.append(f"  {init:10s} mean Dice {_fmt(r['mean_dice'])}  |  {per}  ({r['seconds']} s)")
+    if "mean_dice_ratio_pretrained_vs_scratch" in result:
+        lines.append(f"  pretrained / scratch mean Dice: {result['mean_dice_ratio_pretrained_vs_scratch']:.3f}x")
+    _emit(result, args, lines)
+    return 0
+

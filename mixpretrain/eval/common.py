@@ -1,0 +1,132 @@
+"""Shared pieces of the downstream tasks: encoder loading, MONAI data loading, small helpers.
+
+Images are read with MONAI's ``LoadImaged`` (NIfTI, NRRD, MHA, DICOM ... whatever MONAI reads),
+made channel-first, reoriented to RAS (the orientation of the pretraining shards), optionally
+intensity-normalised (``intensity``: ``none`` when the images are already preprocessed like the
+shards — e.g. phantom tasks or volumes exported after ``mixpretrain ingest`` — ``ct`` for the
+ingest CT window, ``zscore`` for MRI-like foreground z-scoring, ``percentile`` for PET-like
+scaling), then resized to the encoder's image size.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+INTENSITY_MODES = ("none", "ct", "zscore", "percentile")
+CT_WINDOW = (-200.0, 300.0)  # the ingest / phantom CT window, scaled to [0, 1]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_pretrained(
+    path: str | Path,
+    patch_size: int | Sequence[int] | None = None,
+    img_size: int | Sequence[int] | None = None,
+    scratch: bool = False,
+) -> torch.nn.Module:
+    """The encoder from its export file, configured from the file's metadata.
+
+    ``patch_size``: the patch size the caller expects (None: whatever the export has); a
+    mismatch is an error, since patch embeddings do not transfer across patch sizes.
+    ``scratch``: same architecture, freshly initialised weights (the from-scratch baseline).
+    """
+    from mixpretrain.models import load_encoder, read_encoder_file
+    from mixpretrain.models.mae3d import MAEEncoder
+    from mixpretrain.models.patches import to_3tuple
+
+    meta = read_encoder_file(path)["meta"]
+    saved = tuple(int(p) for p in meta["patch_size"])
+    if patch_size is not None and to_3tuple(patch_size, "patch_size") != saved:
+        raise ValueError(
+            f"{path}: encoder was exported with patch size {list(saved)}, but patch size "
+            f"{list(to_3tuple(patch_size, 'patch_size'))} was requested; pretrain with that patch size or drop --patch-size"
+        )
+    if not scratch:
+        return load_encoder(path, img_size=img_size)
+    keys = ("patch_size", "in_chans", "width", "depth", "heads", "mlp_ratio", "qkv_bias", "norm_eps")
+    enc = MAEEncoder(img_size=img_size if img_size is not None else meta["img_size"], **{k: meta[k] for k in keys})
+    enc.export_meta = dict(meta)
+    return enc
+
+
+def _intensity_transform(keys: list[str], mode: str) -> list:
+    from monai import transforms as mt
+
+    if mode not in INTENSITY_MODES:
+        raise ValueError(f"intensity mode {mode!r} unknown; valid: {', '.join(INTENSITY_MODES)}")
+    if mode == "ct":
+        lo, hi = CT_WINDOW
+        return [mt.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+    if mode == "zscore":
+        return [mt.NormalizeIntensityd(keys, nonzero=True)]
+    if mode == "percentile":
+        return [mt.ScaleIntensityRangePercentilesd(keys, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True)]
+    return []
+
+
+def load_volumes(
+    items: list[dict[str, str]],
+    img_size: Sequence[int],
+    intensity: str = "none",
+    with_label: bool = False,
+) -> list[dict[str, Any]]:
+    """Read every item ``{"image": path[, "label": path]}`` with MONAI; returns tensors (C, D, H, W).
+
+    Image and label must have the same spatial shape on disk: a mismatch is an error naming both
+    files, never a silent resample of the label.
+    """
+    from monai import transforms as mt
+
+    keys = ["image", "label"] if with_label else ["image"]
+    for item in items:
+        for key in keys:
+            if not Path(item[key]).is_file():
+                raise FileNotFoundError(f"{key} file {item[key]} does not exist")
+    load = mt.Compose([
+        mt.LoadImaged(keys, image_only=False),
+        mt.EnsureChannelFirstd(keys),
+        mt.Orientationd(keys, axcodes="RAS", labels=None),
+    ])
+    modes = ["trilinear", "nearest"] if with_label else ["trilinear"]
+    post = mt.Compose([
+        *_intensity_transform(["image"], intensity),
+        mt.Resized(keys, spatial_size=tuple(img_size), mode=modes),
+        mt.EnsureTyped(keys, data_type="tensor", track_meta=False),
+    ])
+    out = []
+    for item in items:
+        data = load(dict(item))
+        if with_label:
+            ishape, lshape = tuple(data["image"].shape[1:]), tuple(data["label"].shape[1:])
+            if ishape != lshape:
+                raise ValueError(f"image {item['image']} has shape {ishape} but its label {item['label']} has shape {lshape}")
+        data = post(data)
+        data["image"] = data["image"].float()
+        if with_label:
+            data["label"] = data["label"].round().long()
+        out.append(data)
+    return out
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """One random mini-batch of indices (sampling without replacement within a batch)."""
+    return rng.choice(n, size=min(batch_size, n), replace=False)

@@ -1,0 +1,307 @@
+"""Sampler comparison in real pretraining: same data, model, budget and seeds for every sampler.
+
+A bench config (``configs/bench/*.yaml``) is a normal run config plus a ``bench`` section that
+this module removes before the trainer sees it::
+
+    bench:
+      samplers: [uniform, proportional, temperature, transfer, ado, odm, doremi]
+      seeds: 1                      # seeds train.seed, train.seed+1, ...
+      phantom: {size: 32, seed: 0, cases: {ct: 48, mri: 16, pet: 8}}   # synthesised if data.shards lacks index.json
+      sampler_options: {transfer: {explore_fraction: 0.2}}              # per sampler, merged into sampler.options
+
+For every (sampler, seed) one run config is written to ``OUT/configs/`` -- only ``output_dir``,
+``sampler.name``, ``sampler.options`` and ``train.seed`` differ -- and trained through
+``launch/pretrain.py`` as a subprocess. Then, per sampler (mean over seeds): final validation
+loss per domain; mean normalised loss (each domain's loss divided by ``proportional``'s loss
+with the same seed -- or by the mean over samplers when ``proportional`` did not run -- then
+averaged over domains); improvement over ``proportional`` per domain and on average; realised
+consumption; for ``transfer`` the hubs and islands of its last law. Written to
+``OUT/comparison.json`` and ``OUT/comparison.md``, with plots ``OUT/loss_curves.png`` (validation
+loss per domain per sampler) and ``OUT/weights.png`` (mixture weights over time per sampler).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runner import read_metrics, run_one
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDED = ("fixed",)  # needs explicit weights; not a policy to compare
+
+
+def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run config dict, bench section) from a bench YAML; the run part is validated by the trainer's schema."""
+    import yaml
+
+    from mixpretrain.config import config_from_dict, config_to_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bench config {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    bench = raw.pop("bench", {}) or {}
+    unknown = sorted(set(bench) - {"samplers", "seeds", "phantom", "sampler_options"})
+    if unknown:
+        raise ValueError(f"{path}: unknown bench key(s) {unknown}; valid: samplers, seeds, phantom, sampler_options")
+    try:
+        run = config_to_dict(config_from_dict(raw))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return run, bench
+
+
+def default_samplers() -> list[str]:
+    from mixpretrain.samplers import available_samplers
+
+    return [s for s in available_samplers() if s not in DEFAULT_EXCLUDED]
+
+
+def ensure_phantom_shards(shards: str, phantom: dict[str, Any] | None) -> None:
+    """Synthesise the bench's phantom shards when ``shards`` has no index.json yet."""
+    if (Path(shards) / "index.json").is_file():
+        return
+    if not phantom:
+        raise FileNotFoundError(f"{shards}/index.json does not exist and the bench config has no 'bench.phantom' to synthesise it")
+    from mixpretrain.data.synth import write_phantom_shards
+
+    cases = phantom.get("cases") or {}
+    if not isinstance(cases, dict) or not cases:
+        raise ValueError(f"bench.phantom.cases must map domain -> number of cases, got {cases!r}")
+    by_count: dict[int, list[str]] = {}
+    for dom, n in cases.items():  # one call per case count: domains may hold different amounts of data
+        by_count.setdefault(int(n), []).append(dom)
+    for n, doms in sorted(by_count.items()):
+        write_phantom_shards(shards, doms, cases=n, size=phantom.get("size", 32), seed=int(phantom.get("seed", 0)))
+
+
+def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str], seeds: int,
+              out_dir: Path) -> list[dict[str, Any]]:
+    """One entry per (sampler, seed): name, config path, output dir; writes the configs."""
+    import yaml
+
+    from mixpretrain.config import config_from_dict
+
+    per_sampler = bench.get("sampler_options") or {}
+    base_seed = int(run_cfg["train"]["seed"])
+    runs = []
+    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
+    for sampler in samplers:
+        for i in range(seeds):
+            seed = base_seed + i
+            name = f"{sampler}-seed{seed}"
+            raw = copy.deepcopy(run_cfg)
+            raw["output_dir"] = str(out_dir / "runs" / name)
+            raw["sampler"]["name"] = sampler
+            raw["sampler"]["options"] = {**raw["sampler"].get("options", {}), **per_sampler.get(sampler, {})}
+            raw["train"]["seed"] = seed
+            raw["logging"]["progress_bar"] = False  # logs go to a file
+            config_from_dict(raw)
+            path = out_dir / "configs" / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            runs.append({"name": name, "sampler": sampler, "seed": seed, "config": path,
+                         "run_dir": Path(raw["output_dir"]), "max_steps": int(raw["train"]["max_steps"])})
+    return runs
+
+
+def summarise_run(run_dir: Path) -> dict[str, Any]:
+    """Curves and final values of one finished run from its metrics.jsonl / sampler.jsonl."""
+    recs = read_metrics(run_dir)
+    if not recs:
+        raise ValueError(f"{run_dir}: no metrics.jsonl records")
+    val_recs = [r for r in recs if any(k.startswith("val/") for k in r)]
+    if not val_recs:
+        raise ValueError(f"{run_dir}: no validation records (val/<domain>)")
+    domains = list(recs[-1]["consumed"])
+    final = val_recs[-1]
+    out: dict[str, Any] = {
+        "domains": domains,
+        "final_step": int(final["step"]),
+        "final_val": {d: float(final[f"val/{d}"]) for d in domains if f"val/{d}" in final},
+        "consumed": {d: float(n) for d, n in recs[-1]["consumed"].items()},
+        "val_curve": {d: [[int(r["step"]), float(r[f"val/{d}"])] for r in val_recs if f"val/{d}" in r] for d in domains},
+        "weights_curve": [[int(r["step"]), [float(r["weights"][d]) for d in domains]] for r in recs if "weights" in r],
+        "samples_per_s": float(np.mean([r["samples_per_s"] for r in recs if "samples_per_s" in r] or [math.nan])),
+    }
+    diag_path = run_dir / "sampler.jsonl"
+    if diag_path.is_file():
+        diags = [json.loads(x) for x in diag_path.read_text().splitlines() if x.strip().startswith("{")]
+        with_fit = [d for d in diags if "hubs" in d or "transfer_matrix" in d]
+        if with_fit:
+            last = with_fit[-1]
+            out["transfer"] = {k: last.get(k) for k in ("family", "hubs", "islands", "hub_score", "island_score", "transfer_matrix")}
+    return out
+
+
+def _normalise(per_run: dict[str, dict], runs: list[dict], domains: list[str]) -> dict[str, dict[str, float]]:
+    """Per run: each domain's loss / reference loss (proportional, same seed; else mean over samplers)."""
+    out = {}
+    for r in runs:
+        s = per_run.get(r["name"])
+        if s is None:
+            continue
+        ref_name = f"proportional-seed{r['seed']}"
+        if ref_name in per_run:
+            ref = per_run[ref_name]["final_val"]
+        else:
+            same_seed = [per_run[x["name"]]["final_val"] for x in runs if x["seed"] == r["seed"] and x["name"] in per_run]
+            ref = {d: float(np.mean([v[d] for v in same_seed])) for d in domains}
+        out[r["name"]] = {d: s["final_val"][d] / ref[d] for d in domains}
+    return out
+
+
+def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
+    """Per-sampler aggregates (mean over the seeds that finished)."""
+    done = [r for r in runs if r["name"] in per_run]
+    if not done:
+        raise ValueError("no run finished: nothing to compare (see the run logs)")
+    domains = per_run[done[0]["name"]]["domains"]
+    norm = _normalise(per_run, runs, domains)
+    table: dict[str, Any] = {}
+    for sampler in dict.fromkeys(r["sampler"] for r in runs):
+        names = [r["name"] for r in done if r["sampler"] == sampler]
+        if not names:
+            table[sampler] = {"status": "failed"}
+            continue
+        val = {d: float(np.mean([per_run[n]["final_val"][d] for n in names])) for d in domains}
+        nrm = {d: float(np.mean([norm[n][d] for n in names])) for d in domains}
+        mean_norm = [float(np.mean(list(norm[n].values()))) for n in names]
+        consumed = {d: float(np.mean([per_run[n]["consumed"][d] for n in names])) for d in domains}
+        total = sum(consumed.values()) or 1.0
+        row = {
+            "seeds": len(names),
+            "final_val": val,
+            "normalised": nrm,
+            "mean_normalised": float(np.mean(mean_norm)),
+            "mean_normalised_per_seed": mean_norm,
+            "improvement_vs_proportional_pct": {d: 100.0 * (1.0 - nrm[d]) for d in domains},
+            "mean_improvement_vs_proportional_pct": 100.0 * (1.0 - float(np.mean(mean_norm))),
+            "consumed": consumed,
+            "consumed_fraction": {d: c / total for d, c in consumed.items()},
+        }
+        transfer = [per_run[n]["transfer"] for n in names if "transfer" in per_run[n]]
+        if transfer:
+            row["hubs"], row["islands"] = transfer[-1].get("hubs"), transfer[-1].get("islands")
+            row["transfer_matrix"] = transfer[-1].get("transfer_matrix")
+        table[sampler] = row
+    has_prop = any(r["sampler"] == "proportional" for r in done)
+    return {"domains": domains, "reference": "proportional" if has_prop else "mean over samplers", "samplers": table}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A markdown table (also what the CLI prints)."""
+    doms = result["domains"]
+    head = ["sampler", *[f"val {d}" for d in doms], "mean norm.", *[f"Δ% {d}" for d in doms], "Δ% mean",
+            "consumed " + "/".join(doms)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for name, row in result["samplers"].items():
+        if row.get("status") == "failed":
+            lines.append(f"| {name} | " + " | ".join(["failed"] * (len(head) - 1)) + " |")
+            continue
+        cells = [name, *[f"{row['final_val'][d]:.4f}" for d in doms], f"{row['mean_normalised']:.4f}",
+                 *[f"{row['improvement_vs_proportional_pct'][d]:+.2f}" for d in doms],
+                 f"{row['mean_improvement_vs_proportional_pct']:+.2f}",
+                 "/".join(f"{row['consumed_fraction'][d]:.2f}" for d in doms)]
+        lines.append("| " + " | ".join(cells) + " |")
+        if row.get("hubs") is not None or row.get("islands") is not None:
+            notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
+    ref = result["reference"]
+    lines.append(f"\nnormalised by {ref} (same seed); Δ% = improvement over {ref} (positive = lower loss); "
+                 "consumed = realised fraction of samples per domain")
+    return "\n".join(lines + notes)
+
+
+def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doms = result["domains"]
+    files = []
+    fig, axes = plt.subplots(1, len(doms), figsize=(4 * len(doms), 3.2), squeeze=False)
+    for sampler in result["samplers"]:
+        names = [r["name"] for r in runs if r["sampler"] == sampler and r["name"] in per_run]
+        for ax, d in zip(axes[0], doms, strict=True):
+            curves = [np.asarray(per_run[n]["val_curve"][d]) for n in names]
+            if curves:
+                n = min(len(c) for c in curves)
+                mean = np.mean([c[:n, 1] for c in curves], axis=0)
+                ax.plot(curves[0][:n, 0], mean, label=sampler)
+    for ax, d in zip(axes[0], doms, strict=True):
+        ax.set(title=f"val loss: {d}", xlabel="step")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curves.png", dpi=110)
+    plt.close(fig)
+    files.append(str(out_dir / "loss_curves.png"))
+
+    samplers = [s for s in result["samplers"] if any(r["sampler"] == s and r["name"] in per_run for r in runs)]
+    fig, axes = plt.subplots(1, len(samplers), figsize=(3.2 * len(samplers), 3.0), squeeze=False, sharey=True)
+    for ax, sampler in zip(axes[0], samplers, strict=True):
+        first = next(r["name"] for r in runs if r["sampler"] == sampler and r["name"] in per_run)
+        steps = [s for s, _ in per_run[first]["weights_curve"]]
+        w = np.asarray([w for _, w in per_run[first]["weights_curve"]])
+        for i, d in enumerate(doms):
+            ax.plot(steps, w[:, i], label=d)
+        ax.set(title=f"{sampler} weights", xlabel="step", ylim=(0, 1))
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "weights.png", dpi=110)
+    plt.close(fig)
+    files.append(str(out_dir / "weights.png"))
+    return files
+
+
+def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] | None = None, seeds: int | None = None,
+                   launcher: str = "python", nproc: int = 1, timeout: float | None = None,
+                   overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train every (sampler, seed) through the real trainer, then tabulate and plot; returns the result."""
+    from mixpretrain.config import config_from_dict, config_to_dict
+
+    run_cfg, bench = split_bench_config(config)
+    if overrides:
+        run_cfg = config_to_dict(config_from_dict(run_cfg, overrides))
+    samplers = samplers or bench.get("samplers") or default_samplers()
+    from mixpretrain.samplers import available_samplers
+
+    unknown = [s for s in samplers if s not in available_samplers()]
+    if unknown:
+        raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
+    seeds = int(seeds or bench.get("seeds", 1))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_phantom_shards(run_cfg["data"]["shards"], bench.get("phantom"))
+    runs = plan_runs(run_cfg, bench, list(samplers), seeds, out)
+    t0 = time.perf_counter()
+    status, per_run = {}, {}
+    for r in runs:
+        status[r["name"]] = run_one(r["config"], r["run_dir"], r["max_steps"], out / "logs" / f"{r['name']}.log",
+                                    launcher, nproc, timeout)
+        if status[r["name"]]["status"] != "failed":
+            per_run[r["name"]] = summarise_run(r["run_dir"])
+    result = build_table(runs, per_run)
+    result.update({
+        "config": str(config), "seeds": seeds, "launcher": launcher, "nproc": nproc, "runs": status,
+        "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    })
+    result["plots"] = plot(result, per_run, runs, out)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    (out / "comparison.md").write_text(format_table(result) + "\n")
+    failed = [n for n, s in status.items() if s["status"] == "failed"]
+    if failed:
+        log.error("%d run(s) failed: %s (logs in %s)", len(failed), ", ".join(failed), out / "logs")
+    return result

@@ -1,0 +1,194 @@
+"""The paper's offline workflow in one call: pilot grid -> trainer -> results CSV -> laws -> allocation.
+
+    run_pilot_sweep("outputs/pilot", base_config="configs/demo.yaml", budgets=[400, 800, 1600])
+
+1. plan: ``mixpretrain.scaling.planner.plan_pilots`` writes one run config per pilot run
+   (single-domain runs, uniform, proportional and random mixtures at every budget) and
+   ``plan.json``; an existing ``plan.json`` in ``out_dir`` is reused, so a re-run resumes the sweep;
+2. run (``mode="run"``): every unfinished pilot goes through ``launch/pretrain.py`` as a
+   subprocess (one after another; a failed run is logged, counted and left out of the fit);
+   ``mode="emit"`` only writes ``run_pilots.sh`` with the commands (e.g. to submit them to a
+   cluster) and stops; ``mode="collect"`` runs nothing and fits whatever has finished;
+3. collect: ``results.csv`` (``run, D_<domain>, L_<domain>``) from the runs' ``metrics.jsonl``;
+4. fit: ``laws.json`` (``fit_laws``; the runs are kept inside for ``laws report``);
+5. allocate: ``allocation.json`` at ``alloc_budget`` samples (default 4x the largest pilot
+   budget), with hubs and islands -- readable by the ``fixed`` sampler (``sampler.options.laws``);
+   and ``report/`` (plots, summary.md) from ``scaling.report.write_report``.
+
+No torch import at module level (the trainer runs in subprocesses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from .runner import LAUNCHERS, launch_command, run_one
+
+log = logging.getLogger(__name__)
+
+MODES = ("run", "emit", "collect")
+
+
+def unique_from_index(base_config: str | Path | None, domains: list[str] | None) -> tuple[list[str], dict[str, float]]:
+    """(domains, unique samples per domain) from the base config's shards index.
+
+    Unique samples count k crops of each training volume as one pass, as the trainer does.
+    """
+    from mixpretrain.config import load_config
+    from mixpretrain.data.shards import load_index
+
+    cfg = load_config(base_config)
+    index = load_index(cfg.data.shards)["domains"]
+    domains = list(domains or cfg.data.domains or sorted(index))
+    missing = [d for d in domains if d not in index]
+    if missing:
+        raise ValueError(f"domains {missing} are not in {cfg.data.shards}/index.json (has {sorted(index)})")
+    unique = {d: float(index[d]["splits"]["train"]["samples"] * cfg.data.crops_per_volume) for d in domains}
+    return domains, unique
+
+
+def _load_or_plan(out: Path, domains: list[str], budgets: list[float], base_config: str | Path | None,
+                  unique: dict[str, float], n_random: int, seed: int, nproc: int, overwrite: bool) -> dict[str, Any]:
+    from mixpretrain.scaling.planner import plan_pilots
+
+    plan_path = out / "plan.json"
+    if plan_path.is_file() and not overwrite:
+        plan = json.loads(plan_path.read_text())
+        if plan["domains"] != domains or sorted(plan["budgets"]) != sorted(budgets):
+            raise ValueError(f"{plan_path} was planned for domains {plan['domains']} and budgets {plan['budgets']}, "
+                             f"not {domains} / {budgets}; use another output folder or overwrite=True")
+        log.info("resuming the pilot sweep planned in %s (%d runs)", plan_path, len(plan["runs"]))
+        return plan
+    return plan_pilots(domains, budgets, base_config, out, unique=unique, n_random=n_random, seed=seed,
+                       world_size=nproc, overwrite=overwrite)
+
+
+def _emit(out: Path, plan: dict[str, Any], launcher: str, nproc: int) -> Path:
+    lines = ["#!/usr/bin/env bash", "# pilot runs planned by mixpretrain laws pilot; each resumes if re-run", "set -e"]
+    lines += [shlex.join(launch_command(Path(r["config"]), launcher, nproc)) for r in plan["runs"]]
+    path = out / "run_pilots.sh"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def _fit_and_allocate(out: Path, plan: dict[str, Any], unique: dict[str, float], family: str, alloc_budget: float | None,
+                      importance: dict[str, float] | None, floor: float, bootstrap: int, seed: int,
+                      report: bool) -> dict[str, Any]:
+    from mixpretrain.scaling import allocate, fit_laws, hubs_and_islands
+    from mixpretrain.scaling.planner import collect_runs
+    from mixpretrain.scaling.report import write_report
+    from mixpretrain.scaling.results import Results, write_results
+
+    names, domains, D, L, skipped = collect_runs([r["output_dir"] for r in plan["runs"]])
+    if not names:
+        raise ValueError("no finished pilot run to fit: " + "; ".join(skipped))
+    write_results(out / "results.csv", names, domains, D, L)
+    uniq = {d: unique[d] for d in domains} if unique else None
+    fit = fit_laws(D, L, domains, family=family, unique=uniq, bootstrap=bootstrap, seed=seed)
+    fit.data = Results(names, tuple(domains), D, L).to_data()
+    (out / "laws.json").write_text(json.dumps(fit.to_dict(), indent=1))
+    budget = float(alloc_budget or 4 * max(plan["budgets"]))
+    alloc = allocate(fit, budget, importance=importance, floor=floor)
+    hi = hubs_and_islands(fit, alloc.weights * budget, importance=importance)
+    doc = {**alloc.to_dict(), "domains": list(fit.domains), "family": fit.family,
+           **{k: hi[k] for k in ("hubs", "islands", "hub_score", "island_score")}}
+    (out / "allocation.json").write_text(json.dumps(doc, indent=1, default=float))
+    files = [str(p) for p in write_report(fit, out / "report", budget=budget, importance=importance, floor=floor)] if report else []
+    return {"runs_fitted": names, "skipped": skipped, "family": fit.family, "warnings": fit.warnings,
+            "allocation": doc, "report_files": files}
+
+
+def run_pilot_sweep(out_dir: str | Path, base_config: str | Path | None, budgets: list[float], domains: list[str] | None = None,
+                    unique: dict[str, float] | None = None, n_random: int = 2, seed: int = 0, mode: str = "run",
+                    launcher: str = "python", nproc: int = 1, family: str = "auto", alloc_budget: float | None = None,
+                    importance: dict[str, float] | None = None, floor: float = 0.0, bootstrap: int = 0,
+                    timeout: float | None = None, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
+    """Plan, run (or emit), collect, fit and allocate; returns a summary (also in ``out_dir/pilot.json``)."""
+    if mode not in MODES:
+        raise ValueError(f"pilot mode {mode!r} unknown; valid: {', '.join(MODES)}")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r} unknown; valid: {', '.join(LAUNCHERS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    domains, index_unique = unique_from_index(base_config, domains)
+    unique = unique or index_unique
+    plan = _load_or_plan(out, domains, budgets, base_config, unique, n_random, seed, nproc, overwrite)
+    summary: dict[str, Any] = {"out_dir": str(out), "plan": str(out / "plan.json"), "n_runs": len(plan["runs"]),
+                               "mode": mode, "unique": unique}
+    if mode == "emit":
+        summary["script"] = str(_emit(out, plan, launcher, nproc))
+        log.info("pilot commands written to %s; run them, then `laws pilot --mode collect`", summary["script"])
+        return summary
+    t0 = time.perf_counter()
+    if mode == "run":
+        summary["runs"] = {
+            r["run"]: run_one(Path(r["config"]), Path(r["output_dir"]), int(r["max_steps"]), out / "logs" / f"{r['run']}.log",
+                              launcher, nproc, timeout)
+            for r in plan["runs"]
+        }
+        failed = [n for n, s in summary["runs"].items() if s["status"] == "failed"]
+        if failed:
+            log.error("%d pilot run(s) failed and are left out of the fit: %s", len(failed), ", ".join(failed))
+    summary["run_s"] = round(time.perf_counter() - t0, 1)
+    summary.update(_fit_and_allocate(out, plan, unique, family, alloc_budget, importance, floor, bootstrap, seed, report))
+    summary.update({"results": str(out / "results.csv"), "laws": str(out / "laws.json"),
+                    "allocation_file": str(out / "allocation.json")})
+    (out / "pilot.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI (wired as `laws pilot`)
+
+
+def add_pilot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-config", required=True, help="run config YAML the pilots start from (data, model, batch)")
+    p.add_argument("--budgets", required=True, help="total samples per pilot run, e.g. 400,800,1600")
+    p.add_argument("--domains", help="ct,mri,pet (default: the config's data.domains, else every domain in the index)")
+    p.add_argument("--unique", help="unique samples per domain ct=N,... (default: from the shards index)")
+    p.add_argument("--random", type=int, default=2, help="random mixtures per budget")
+    p.add_argument("--mode", default="run", choices=MODES,
+                   help="run: train unfinished pilots then fit; emit: only write run_pilots.sh; collect: fit what finished")
+    p.add_argument("--launcher", default="python", choices=LAUNCHERS)
+    p.add_argument("--nproc", type=int, default=1, help="processes per pilot run (torchrun)")
+    p.add_argument("--family", default="auto", choices=["auto", "power", "linear", "transfer", "repetition"])
+    p.add_argument("--budget", type=float, help="allocation budget in samples (default: 4x the largest pilot budget)")
+    p.add_argument("--importance", help="per-domain importance ct=1,mri=2,...")
+    p.add_argument("--floor", type=float, default=0.0)
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for confidence intervals")
+    p.add_argument("--timeout", type=float, help="seconds per pilot run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-report", action="store_true", help="skip the plots and summary.md")
+    p.add_argument("--overwrite", action="store_true", help="re-plan even if plan.json exists")
+    p.add_argument("-o", "--output", required=True, help="sweep folder: configs/, runs/, logs/, results.csv, laws.json ...")
+
+
+def cmd_pilot(args: argparse.Namespace) -> int:
+    from mixpretrain.scaling.results import parse_kv
+
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
+    summary = run_pilot_sweep(
+        args.output, args.base_config, budgets, domains=domains, unique=parse_kv(args.unique, "--unique") or None,
+        n_random=args.random, seed=args.seed, mode=args.mode, launcher=args.launcher, nproc=args.nproc,
+        family=args.family, alloc_budget=args.budget, importance=parse_kv(args.importance, "--importance") or None,
+        floor=args.floor, bootstrap=args.bootstrap, timeout=args.timeout, overwrite=args.overwrite,
+        report=not args.no_report)
+    if args.mode == "emit":
+        print(f"{summary['n_runs']} pilot commands -> {summary['script']}")
+        return 0
+    alloc = summary["allocation"]
+    print(f"{len(summary['runs_fitted'])}/{summary['n_runs']} pilot runs fitted ({summary['family']} law) -> {summary['laws']}")
+    print(f"allocation at {alloc['budget']:g} samples (gain vs proportional {alloc['gain_vs_proportional']:.2%}):")
+    for d in alloc["domains"]:
+        print(f"  {d:<12s} weight {alloc['weights'][d]:.4f}  predicted {alloc['predicted'][d]:.5f}")
+    print(f"  hubs: {', '.join(alloc['hubs']) or 'none'}; islands: {', '.join(alloc['islands']) or 'none'}")
+    for s in summary.get("skipped", []):
+        print(f"  skipped: {s}")
+    return 0

@@ -1,0 +1,235 @@
+"""Segmentation on a pretrained encoder: a UNETR-style decoder fine-tuned with the encoder.
+
+Input: a dataset in the Medical Segmentation Decathlon layout: ``dataset.json`` with ``labels``
+({"0": "background", "1": ...}) and ``training`` ([{"image": "./imagesTr/x.nii.gz", "label":
+"./labelsTr/x.nii.gz"}, ...]); held-out cases from ``validation`` when present, else a
+deterministic 25% of ``training``. Metric: Dice per foreground class on the held-out cases
+(MONAI ``DiceMetric``), plus their mean.
+
+The decoder is UNETR's (Hatamizadeh et al., 2022), built from MONAI's blocks on top of OUR
+encoder's token features (``MAEEncoder.forward_intermediates``): for a patch size of ``2**k``,
+skips at 1/2 ... 1/2**(k-1) resolution come from evenly spaced blocks (layers 3, 6, 9 of 12 for
+patch 16, as in UNETR) upsampled by ``UnetrPrUpBlock``; the last block's normed tokens start the
+decoder (``UnetrUpBlock`` x k) and a ``UnetrBasicBlock`` on the raw image gives the full-resolution
+skip. It works for any encoder depth >= k and any isotropic power-of-two patch size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("labels", "training")
+
+
+@dataclass
+class SegmentConfig:
+    patch_size: int | None = None  # expected patch size; None: the export's
+    img_size: list[int] | None = None  # None: the export's image size
+    intensity: str = "none"
+    steps: int = 100
+    batch_size: int = 2
+    lr: float = 1e-3  # decoder
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-5
+    feature_size: int = 16  # UNETR decoder width at full resolution
+    freeze_encoder: bool = False
+    seed: int = 0
+    device: str = "auto"
+    scratch: bool = False  # same architecture, random init (baseline)
+
+
+def read_decathlon(root: str | Path) -> tuple[list[dict], list[dict], dict[int, str]]:
+    """(train items, val items, {class index: name}) from ``root/dataset.json``; errors name the key."""
+    root = Path(root)
+    path = root / "dataset.json" if root.is_dir() else root
+    root = path.parent
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a Decathlon-layout dataset folder)")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; a Decathlon dataset.json needs {list(REQUIRED_KEYS)}")
+    try:
+        classes = {int(k): str(v) for k, v in spec["labels"].items()}
+    except (AttributeError, ValueError) as exc:
+        raise ValueError(f"{path}: 'labels' must map class indices to names, got {spec['labels']!r}") from exc
+    if sorted(classes) != list(range(len(classes))) or len(classes) < 2:
+        raise ValueError(f"{path}: 'labels' must have keys 0..K-1 with K >= 2, got {sorted(classes)}")
+
+    def items(key: str) -> list[dict]:
+        out = []
+        for i, entry in enumerate(spec.get(key) or []):
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise ValueError(f"{path}: {key}[{i}] has no 'image'")
+            if not entry.get("label"):
+                raise ValueError(f"{path}: {key}[{i}] ({entry['image']}) has no 'label': segmentation needs a label per case")
+            out.append({k: str((root / entry[k]).resolve()) for k in ("image", "label")})
+        return out
+
+    train, val = items("training"), items("validation")
+    if not val:  # deterministic hold-out: every 4th case
+        train, val = [t for i, t in enumerate(train) if i % 4], train[::4]
+    if not train or not val:
+        raise ValueError(f"{path}: need at least 2 labelled cases (train and val), got {len(train) + len(val)}")
+    return train, val, classes
+
+
+def _skip_layers(depth: int, levels: int) -> list[int]:
+    """0-based block indices for the ``levels - 1`` skips, evenly spaced (UNETR: 3, 6, 9 of 12)."""
+    if depth < levels:
+        raise ValueError(f"a UNETR decoder for this patch size needs an encoder of depth >= {levels}, got {depth}")
+    return [max(round(depth * s / levels) - 1, 0) for s in range(1, levels)]
+
+
+def _levels(patch_size: tuple[int, int, int]) -> int:
+    p = patch_size[0]
+    if len(set(patch_size)) != 1 or p < 2 or p & (p - 1):
+        raise ValueError(f"UNETR decoder needs an isotropic power-of-two patch size, got {list(patch_size)}")
+    return int(np.log2(p))
+
+
+def build_unetr(encoder: Any, out_channels: int, feature_size: int = 16) -> Any:
+    """UNETR decoder (MONAI blocks) on our encoder; returns an ``nn.Module`` mapping x -> logits."""
+    import torch
+    from monai.networks.blocks import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+
+    levels = _levels(tuple(encoder.patch_size))
+    layers = _skip_layers(encoder.depth, levels)
+    width, norm = encoder.width, "instance"
+    feats = [feature_size * 2**s for s in range(levels)]  # channels at 1/2**s resolution
+
+    class EncoderUNETR(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.skip0 = UnetrBasicBlock(3, encoder.in_chans, feats[0], 3, 1, norm, res_block=True)
+            # Skip at 1/2**s from tokens at 1/2**levels: levels - s upsamplings (num_layer + 1).
+            self.skips = torch.nn.ModuleList(
+                UnetrPrUpBlock(3, width, feats[s], levels - s - 1, 3, 1, 2, norm, conv_block=True, res_block=True)
+                for s in range(1, levels)
+            )
+            ups = [UnetrUpBlock(3, width, feats[levels - 1], 3, 2, norm, res_block=True)]
+            ups += [UnetrUpBlock(3, feats[s + 1], feats[s], 3, 2, norm, res_block=True) for s in reversed(range(levels - 1))]
+            self.ups = torch.nn.ModuleList(ups)
+            self.out = torch.nn.Conv3d(feats[0], out_channels, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = self.encoder.forward_intermediates(x, [*layers, encoder.depth - 1])
+            grid = self.encoder.tokens_to_grid
+            skips = [self.skip0(x)] + [blk(grid(h)) for blk, h in zip(self.skips, hidden[:-1], strict=True)]
+            y = grid(self.encoder.stack.norm(hidden[-1]))  # the encoder's final normed tokens
+            for up, skip in zip(self.ups, reversed(skips), strict=True):
+                y = up(y, skip)
+            return self.out(y)
+
+    return EncoderUNETR()
+
+
+def _train(model: Any, x: Any, y: Any, cfg: SegmentConfig, device: Any) -> list[float]:
+    import torch
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    enc_params = [] if cfg.freeze_encoder else list(model.encoder.parameters())
+    for p in model.encoder.parameters():
+        p.requires_grad_(not cfg.freeze_encoder)
+    head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": head, "lr": cfg.lr}] + ([{"params": enc_params, "lr": cfg.encoder_lr}] if enc_params else [])
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    losses = []
+    model.train()
+    for _ in range(cfg.steps):
+        idx = torch.as_tensor(rng.choice(len(x), size=min(cfg.batch_size, len(x)), replace=False))
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx].to(device)), y[idx].to(device))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, device: Any) -> list[float]:
+    """Mean Dice over cases for classes 1..K-1 (NaN for a class absent from every case)."""
+    import torch
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            pred = model(x[i : i + batch_size].to(device)).argmax(1)
+            onehot = lambda t: torch.nn.functional.one_hot(t, n_classes).permute(0, 4, 1, 2, 3)  # noqa: E731
+            metric(onehot(pred).cpu(), onehot(y[i : i + batch_size, 0]))
+    return [float(v) for v in metric.aggregate()]
+
+
+def _fit_and_score(encoder_path: str | Path, data: dict, classes: dict[int, str], cfg: SegmentConfig,
+                   scratch: bool, device: Any) -> dict:
+    import torch
+
+    from .common import load_pretrained
+
+    torch.manual_seed(cfg.seed)  # same decoder init for pretrained and scratch
+    enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=scratch)
+    model = build_unetr(enc, len(classes), cfg.feature_size).to(device)
+    t0 = time.perf_counter()
+    losses = _train(model, data["x_train"], data["y_train"], cfg, device)
+    dice = dice_per_class(model, data["x_val"], data["y_val"], len(classes), cfg.batch_size, device)
+    per_class = {classes[c + 1]: d for c, d in enumerate(dice)}
+    finite = [d for d in dice if np.isfinite(d)]
+    return {
+        "init": "scratch" if scratch else "pretrained",
+        "dice": per_class,
+        "mean_dice": float(np.mean(finite)) if finite else float("nan"),
+        "final_train_loss": float(np.mean(losses[-5:])) if losses else float("nan"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: SegmentConfig | None = None,
+                     compare_scratch: bool = False) -> dict:
+    """Fine-tune and score; with ``compare_scratch`` also the same model from scratch, side by side."""
+    import torch
+
+    from .common import load_pretrained, load_volumes, pick_device, seed_everything
+
+    cfg = cfg or SegmentConfig()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    train, val, classes = read_decathlon(data_dir)
+    img_size = list(load_pretrained(encoder_path, cfg.patch_size, cfg.img_size).img_size)
+    t0 = time.perf_counter()
+    vols = {name: load_volumes(items, img_size, cfg.intensity, with_label=True) for name, items in (("train", train), ("val", val))}
+    data = {}
+    for name, v in vols.items():
+        data[f"x_{name}"] = torch.stack([d["image"] for d in v])
+        data[f"y_{name}"] = torch.stack([d["label"] for d in v])
+        top = int(data[f"y_{name}"].max())
+        if top >= len(classes):
+            raise ValueError(f"{data_dir}: a {name} label holds class {top}, but dataset.json 'labels' has {len(classes)} classes")
+    result: dict[str, Any] = {
+        "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "classes": classes,
+        "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "load_s": round(time.perf_counter() - t0, 2),
+    }
+    runs = [cfg.scratch] + ([True] if compare_scratch and not cfg.scratch else [])
+    for scratch in runs:
+        out = _fit_and_score(encoder_path, data, classes, cfg, scratch, device)
+        result[out["init"]] = out
+        log.info("segmentation (%s): %s", out["init"], out)
+    if "pretrained" in result and "scratch" in result:
+        p, s = result["pretrained"]["mean_dice"], result["scratch"]["mean_dice"]
+        result["mean_dice_ratio_pretrained_vs_scratch"] = p / s if s > 0 else float("inf")
+    return result

@@ -1,0 +1,335 @@
+"""The mixture-sampler interface and the helpers every sampler shares.
+
+A sampler turns per-domain losses into sampling probabilities. The trainer (rank 0) calls
+``observe(step, consumed, losses, split)`` every ``sampler.update_every`` steps with smoothed
+training losses (``split="train"``) and after every evaluation with fixed-mask validation losses
+(``split="val"``), then reads ``weights()`` and broadcasts them.
+
+Guarantees every sampler inherits from :meth:`MixtureSampler.weights`: the vector is finite,
+sums to 1 and no entry is below ``floor``. Samplers are deterministic given their seed and the
+observations: randomness is drawn from ``np.random.default_rng([seed, n_observations, tag])``
+so the state holds no opaque RNG object and a restored sampler continues identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+STATE_VERSION = 1
+
+# Options every sampler accepts (besides its own OPTIONS); documented in docs/samplers.md.
+COMMON_OPTIONS: dict[str, Any] = {
+    "seed": 0,  # randomness (exploration, dither, bandit) is a pure function of seed + observations
+    "total_budget": None,  # samples planned for the whole run (all domains together)
+    "available": None,  # unique samples per domain: {domain: n} or a sequence in domain order
+    "floor": None,  # minimum weight per domain; None: min(0.01, 0.5 / K)
+}
+
+
+class SamplerError(ValueError):
+    """Bad sampler name, option or observation; the message names it and the valid choices."""
+
+
+def default_floor(k: int) -> float:
+    return min(0.01, 0.5 / k)
+
+
+def project_to_floor(w: np.ndarray, floor: float) -> np.ndarray:
+    """Closest-in-ratio vector on {w >= floor, sum w = 1}.
+
+    Non-finite or negative entries count as 0; an all-zero vector becomes uniform. Entries
+    below the floor are raised to it and the others are scaled down together, which keeps the
+    ratios among the well-represented domains (a plain ``floor + (1-K*floor) * w`` mix would
+    distort weights that already respect the floor, e.g. user-given fixed weights).
+    """
+    w = np.asarray(w, dtype=np.float64).copy()
+    k = w.size
+    w[~np.isfinite(w) | (w < 0)] = 0.0
+    total = w.sum()
+    w = np.full(k, 1.0 / k) if total <= 0 else w / total
+    if floor <= 0:
+        return w
+    pinned = np.zeros(k, dtype=bool)
+    for _ in range(k):
+        low = (w < floor) & ~pinned
+        if not low.any():
+            break
+        pinned |= low
+        free_mass = 1.0 - floor * pinned.sum()
+        rest = w[~pinned].sum()
+        w[pinned] = floor
+        if rest > 0:
+            w[~pinned] *= free_mass / rest
+        else:
+            w[~pinned] = free_mass / max((~pinned).sum(), 1)
+    w = np.maximum(w, floor)
+    # Put the rounding residual on the largest entry so the sum is 1 to the last ulp.
+    w[np.argmax(w)] += 1.0 - w.sum()
+    return w
+
+
+def cap_fill(w: np.ndarray, caps: np.ndarray | None) -> np.ndarray:
+    """Scale ``w`` (sum 1) so no entry exceeds its cap, giving the excess to uncapped domains
+    in proportion to their weights (UniMax-style water filling). If the caps cannot hold the
+    whole mass (sum caps < 1), every domain is capped and the remainder is spread in
+    proportion to the caps: data must repeat more than the cap allows, as evenly as possible.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if caps is None:
+        return w
+    caps = np.asarray(caps, dtype=np.float64)
+    if caps.sum() <= 1.0:
+        return caps / caps.sum() if caps.sum() > 0 else np.full(w.size, 1.0 / w.size)
+    out = w.copy()
+    capped = np.zeros(w.size, dtype=bool)
+    for _ in range(w.size):
+        over = (out > caps) & ~capped
+        if not over.any():
+            break
+        capped |= over
+        out[capped] = caps[capped]
+        rest = 1.0 - out[capped].sum()
+        free = out[~capped].sum()
+        if free > 0:
+            out[~capped] *= rest / free
+        else:
+            out[~capped] = rest / max((~capped).sum(), 1)
+    return out
+
+
+def per_domain(value: Any, domains: Sequence[str], what: str, *, allow_none: bool = False) -> np.ndarray | None:
+    """A dict by domain name or a sequence in domain order -> float array (validated)."""
+    if value is None:
+        if allow_none:
+            return None
+        raise SamplerError(f"{what}: required, give a dict by domain ({', '.join(domains)}) or a list")
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(domains))
+        missing = [d for d in domains if d not in value]
+        if unknown or missing:
+            raise SamplerError(
+                f"{what}: unknown domains {unknown} / missing domains {missing}; domains are {list(domains)}"
+            )
+        arr = [value[d] for d in domains]
+    elif isinstance(value, Sequence) and not isinstance(value, str) or isinstance(value, np.ndarray):
+        arr = list(value)
+        if len(arr) != len(domains):
+            raise SamplerError(f"{what}: {len(arr)} values for {len(domains)} domains {list(domains)}")
+    else:
+        raise SamplerError(f"{what}: expected a dict by domain or a list, got {value!r}")
+    try:
+        out = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise SamplerError(f"{what}: values must be numbers, got {arr!r}") from exc
+    bad = [d for d, v in zip(domains, out, strict=True) if not math.isfinite(v) or v < 0]
+    if bad:
+        raise SamplerError(f"{what}: values must be finite and >= 0; bad for {bad}: {out.tolist()}")
+    return out
+
+
+def to_jsonable(arr: Any) -> Any:
+    """numpy -> plain lists/floats; NaN/Inf -> None (strict JSON has no NaN)."""
+    if isinstance(arr, np.ndarray):
+        arr = arr.tolist()
+    if isinstance(arr, float | np.floating):
+        return float(arr) if math.isfinite(arr) else None
+    if isinstance(arr, np.integer):
+        return int(arr)
+    if isinstance(arr, list | tuple):
+        return [to_jsonable(v) for v in arr]
+    if isinstance(arr, dict):
+        return {str(k): to_jsonable(v) for k, v in arr.items()}
+    return arr
+
+
+def from_jsonable(value: Any) -> np.ndarray:
+    """Inverse of :func:`to_jsonable` for float arrays (None -> NaN)."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return np.nan if v is None else v
+    return np.asarray(conv(value), dtype=np.float64)
+
+
+class MixtureSampler:
+    """Base class. Subclasses set ``name`` and ``OPTIONS`` and implement ``_update``.
+
+    Subclasses keep their mutable state in attributes listed in ``STATE_FIELDS`` (numpy arrays,
+    floats, ints, lists, dicts); the base class serialises them. ``self._w`` holds the current
+    (raw) weights; :meth:`weights` projects them onto the floor-respecting simplex.
+    """
+
+    name: ClassVar[str] = "base"
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    STATE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, domains: Sequence[str], **options: Any) -> None:
+        domains = tuple(str(d) for d in domains)
+        if not domains:
+            raise SamplerError(f"sampler '{self.name}': needs at least one domain")
+        if len(set(domains)) != len(domains):
+            raise SamplerError(f"sampler '{self.name}': duplicate domain names in {list(domains)}")
+        valid = {**COMMON_OPTIONS, **self.OPTIONS}
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise SamplerError(
+                f"sampler '{self.name}': unknown options {unknown}; valid options are {sorted(valid)}"
+            )
+        self.domains = domains
+        self.k = len(domains)
+        self.options = {**valid, **options}
+        self.seed = int(self.options["seed"])
+        self.total_budget = self._positive_or_none("total_budget")
+        self.available = per_domain(self.options["available"], domains, f"sampler '{self.name}' option 'available'",
+                                    allow_none=True)
+        floor = self.options["floor"]
+        self.floor = default_floor(self.k) if floor is None else float(floor)
+        if not 0.0 <= self.floor <= 1.0 / self.k:
+            raise SamplerError(
+                f"sampler '{self.name}' option 'floor': must be in [0, 1/K={1.0 / self.k:.4g}], got {floor!r}"
+            )
+        if self.available is not None and (self.available == 0).any():
+            empty = [d for d, a in zip(domains, self.available, strict=True) if a == 0]
+            log.warning("sampler %s: domains %s have no data (available=0); they still get the floor %.4g",
+                        self.name, empty, self.floor)
+        self.n_obs = 0
+        self.last_step = -1
+        self.skipped_losses = 0  # NaN/Inf/missing values seen in observations (counted, logged)
+        self._w = np.full(self.k, 1.0 / self.k)
+
+    # ----------------------------------------------------------------- options helpers
+    def _positive_or_none(self, key: str) -> float | None:
+        value = self.options[key]
+        if value is None:
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+            raise SamplerError(f"sampler '{self.name}' option '{key}': expected a positive number, got {value!r}")
+        return float(value)
+
+    def _opt_float(self, key: str, lo: float | None = None, hi: float | None = None) -> float:
+        value = self.options[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        if ok and lo is not None and value < lo:
+            ok = False
+        if ok and hi is not None and value > hi:
+            ok = False
+        if not ok:
+            rng = f" in [{lo}, {hi}]" if lo is not None or hi is not None else ""
+            raise SamplerError(f"sampler '{self.name}' option '{key}': expected a number{rng}, got {value!r}")
+        return float(value)
+
+    def _opt_int(self, key: str, lo: int = 0) -> int:
+        value = self.options[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise SamplerError(f"sampler '{self.name}' option '{key}': expected an integer >= {lo}, got {value!r}")
+        return value
+
+    def _rng(self, tag: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, self.n_obs, tag])
+
+    def _require_budget(self) -> float:
+        if self.total_budget is None:
+            raise SamplerError(f"sampler '{self.name}': option 'total_budget' (samples planned for the run) is required")
+        return self.total_budget
+
+    # ----------------------------------------------------------------- the contract
+    def weights(self) -> np.ndarray:
+        """Sampling probabilities in domain order: finite, sum 1, each >= floor."""
+        return project_to_floor(self._w, self.floor)
+
+    def observe(self, step: int, consumed: Any, losses: Mapping[str, float], split: str) -> None:
+        """Record one observation and update the weights.
+
+        ``consumed``: cumulative samples per domain (domain order). ``losses``: {domain: loss}
+        for this interval; missing domains and NaN/Inf values are counted and ignored.
+        """
+        if split not in SPLITS:
+            raise SamplerError(f"sampler '{self.name}': split must be one of {SPLITS}, got {split!r}")
+        consumed_arr = np.asarray(consumed, dtype=np.float64).reshape(-1)
+        if consumed_arr.size != self.k:
+            raise SamplerError(
+                f"sampler '{self.name}': consumed has {consumed_arr.size} entries for {self.k} domains {list(self.domains)}"
+            )
+        if not np.isfinite(consumed_arr).all() or (consumed_arr < 0).any():
+            raise SamplerError(f"sampler '{self.name}': consumed must be finite and >= 0, got {consumed_arr.tolist()}")
+        loss_vec = self._loss_vector(losses)
+        self._update(int(step), consumed_arr, loss_vec, split)
+        self.n_obs += 1
+        self.last_step = int(step)
+
+    def _loss_vector(self, losses: Mapping[str, float]) -> np.ndarray:
+        unknown = sorted(set(losses) - set(self.domains))
+        if unknown:
+            raise SamplerError(f"sampler '{self.name}': losses for unknown domains {unknown}; domains are {list(self.domains)}")
+        vec = np.full(self.k, np.nan)
+        for i, d in enumerate(self.domains):
+            v = losses.get(d)
+            try:
+                vec[i] = float(v) if v is not None else np.nan
+            except (TypeError, ValueError):
+                vec[i] = np.nan
+        vec[~np.isfinite(vec)] = np.nan
+        bad = int(np.isnan(vec).sum())
+        if bad:
+            self.skipped_losses += bad
+            log.debug("sampler %s: %d missing/non-finite losses at observation %d", self.name, bad, self.n_obs)
+        return vec
+
+    def _update(self, step: int, consumed: np.ndarray, losses: np.ndarray, split: str) -> None:
+        """Subclasses: fold one observation into the state and set ``self._w``."""
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {}
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "sampler": self.name,
+            "domains": list(self.domains),
+            "n_obs": self.n_obs,
+            "last_step": self.last_step,
+            "skipped_losses": self.skipped_losses,
+            "w": to_jsonable(self._w),
+        }
+        for key in self.STATE_FIELDS:
+            state[key] = to_jsonable(getattr(self, key))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("sampler") != self.name:
+            raise SamplerError(f"sampler '{self.name}': state was saved by sampler {state.get('sampler')!r}")
+        if list(state.get("domains", [])) != list(self.domains):
+            raise SamplerError(
+                f"sampler '{self.name}': state domains {state.get('domains')} differ from {list(self.domains)}"
+            )
+        missing = [k for k in ("n_obs", "w", *self.STATE_FIELDS) if k not in state]
+        if missing:
+            raise SamplerError(f"sampler '{self.name}': state lacks keys {missing}")
+        self.n_obs = int(state["n_obs"])
+        self.last_step = int(state.get("last_step", -1))
+        self.skipped_losses = int(state.get("skipped_losses", 0))
+        self._w = from_jsonable(state["w"])
+        for key in self.STATE_FIELDS:
+            current = getattr(self, key)
+            value = state[key]
+            if isinstance(current, np.ndarray):
+                value = from_jsonable(value)
+            elif isinstance(current, float):
+                value = float("nan") if value is None else float(value)
+            setattr(self, key, value)
+        self._after_load()
+
+    def _after_load(self) -> None:
+        """Subclasses: rebuild derived objects (e.g. a fitted law) from the restored fields."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(domains={list(self.domains)}, n_obs={self.n_obs})"

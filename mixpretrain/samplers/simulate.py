@@ -1,0 +1,345 @@
+"""Simulated worlds with known laws, for comparing samplers against ground truth.
+
+A world is a set of domains whose validation losses follow a known law of the consumed
+samples: the DESIGN.md transfer law (random asymmetric transfer, hubs, islands) or, for the
+"misspecified" kind, a law outside every fitted family (log-saturating transfer). Data sizes are
+skewed and each domain may repeat at most ``max_epochs`` times. Observations carry
+multiplicative noise and, in some worlds, an early transient that is not a power law.
+
+Every sampler gets the same budget and observation schedule: ``intervals`` updates of
+``budget / intervals`` samples each, a training observation after every interval (the
+interval's loss, noisier) and a validation observation every ``eval_every`` intervals. Realised
+consumption is the expected count (weights x interval samples), so differences come from the
+samplers, not from multinomial noise.
+
+Score: the allocation objective of ``mixpretrain.scaling.allocate``,
+J(D) = sum_j lambda_j L_j(D) / L_j(B / K) (1 = the uniform mixture), at the final consumption,
+on the noise-free law. The oracle is ``allocate`` on the true law with the same caps and floor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .base import to_jsonable
+from .registry import build
+
+log = logging.getLogger(__name__)
+
+WORLD_KINDS = ("random", "hub", "island", "skewed", "misspecified")
+DEFAULT_SAMPLERS = ("uniform", "proportional", "temperature", "ado", "odm", "doremi", "transfer", "oracle")
+HARD_GAIN = 0.03  # "hard" worlds: the oracle beats proportional by at least 3%
+BASELINES_TO_BEAT = ("proportional", "uniform", "ado", "odm")
+
+
+class MisspecifiedLaw:
+    """L_j = E_j + A_j x_j^-alpha_j with x_j = 1 + De_j + sum_i T_ij s log(1 + De_i / s): transfer that
+    saturates logarithmically, which no power-of-D family reproduces exactly (De: effective data
+    after repetition, as in the ``repetition`` family). Offers the parts of the LawFit interface
+    that ``allocate`` and ``hubs_and_islands`` use."""
+
+    family = "misspecified"
+
+    def __init__(self, domains: tuple[str, ...], E: np.ndarray, A: np.ndarray, alpha: np.ndarray, T: np.ndarray,
+                 scale: float, unique: np.ndarray, r_star: np.ndarray) -> None:
+        self.domains = tuple(domains)
+        T = np.array(T, dtype=np.float64)
+        np.fill_diagonal(T, 0.0)
+        self.params = {"E": np.asarray(E, float), "A": np.asarray(A, float), "alpha": np.asarray(alpha, float), "T": T,
+                       "unique": np.asarray(unique, float), "r_star": np.asarray(r_star, float)}
+        self.scale = float(scale)
+        self.unique = self.params["unique"]
+
+    @property
+    def transfer_matrix(self) -> np.ndarray:
+        return self.params["T"].copy()
+
+    def _terms(self, D: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from mixpretrain.scaling import effective_data
+
+        De, dDe, _ = effective_data(np.asarray(D, float), self.params["unique"], self.params["r_star"])
+        s = self.scale
+        x = 1.0 + De + np.einsum("...i,ij->...j", s * np.log1p(De / s), self.params["T"])
+        return De, dDe, x
+
+    def predict(self, D: Any) -> np.ndarray:
+        p = self.params
+        return p["E"] + p["A"] * self._terms(D)[2] ** (-p["alpha"])
+
+    def grad(self, D: Any) -> np.ndarray:
+        p = self.params
+        De, dDe, x = self._terms(D)
+        dL_dx = -p["alpha"] * p["A"] * x ** (-p["alpha"] - 1.0)
+        dx = p["T"] / (1.0 + De / self.scale)[..., :, None] + np.eye(len(self.domains))
+        return dx * dL_dx[..., None, :] * dDe[..., :, None]
+
+    def effective_transfer(self, D: Any) -> np.ndarray:
+        g = self.grad(D)
+        own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
+        return np.where(own != 0, g / np.where(own != 0, own, 1.0), 0.0)
+
+
+@dataclass
+class World:
+    name: str
+    kind: str
+    domains: tuple[str, ...]
+    law: Any  # LawFit (true params) or MisspecifiedLaw
+    available: np.ndarray
+    budget: float
+    max_epochs: float
+    noise: float  # sigma of multiplicative validation noise
+    train_noise: float
+    transient: float  # early excess: L * (1 + transient * exp(-D_total / (0.02 B)))
+    seed: int
+    importance: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def caps(self) -> np.ndarray:
+        return self.max_epochs * self.available  # samples
+
+    def observed(self, D: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+        base = self.law.predict(D)
+        bump = 1.0 + self.transient * np.exp(-D.sum() / (0.02 * self.budget))
+        return base * bump * np.exp(sigma * rng.standard_normal(len(self.domains)))
+
+    def objective(self, D: np.ndarray) -> float:
+        k = len(self.domains)
+        lam = np.full(k, 1.0 / k) if self.importance is None else self.importance / self.importance.sum()
+        ref = self.law.predict(np.full(k, self.budget / k))
+        return float(np.sum(lam * self.law.predict(D) / ref))
+
+
+def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 2.0e5) -> World:
+    """World number ``index`` of a benchmark seeded by ``seed``; kinds cycle through WORLD_KINDS."""
+    from mixpretrain.scaling import LawFit
+
+    rng = np.random.default_rng([seed, index, 11])
+    kind = WORLD_KINDS[index % len(WORLD_KINDS)]
+    k = k or int(rng.integers(3, 6))
+    domains = tuple(f"d{i}" for i in range(k))
+    E = rng.uniform(0.2, 0.6, k)
+    A = rng.uniform(2.0, 6.0, k)
+    alpha = rng.uniform(0.2, 0.45, k)
+    T = rng.uniform(0.0, 0.4, (k, k)) * (rng.random((k, k)) < 0.6)
+    gamma = rng.uniform(0.85, 1.0, (k, k))
+    info: dict[str, Any] = {}
+    if kind == "hub":
+        hub = int(rng.integers(k))
+        T[hub] = rng.uniform(0.6, 1.2, k)
+        info["hub"] = domains[hub]
+    if kind in ("island", "skewed"):
+        island = int(rng.integers(k))
+        T[:, island] = 0.0
+        info["island"] = domains[island]
+    np.fill_diagonal(T, 0.0)
+    spread = 3.0 if kind == "skewed" else 1.5
+    available = budget / k * np.exp(rng.normal(0.0, spread / 2, k))
+    max_epochs = 4.0
+    # Keep the caps feasible: total unique data x epochs must hold the budget with room to spare.
+    available *= max(1.0, 1.5 * budget / (max_epochs * available.sum()))
+    available = np.round(available)
+    d_ref = 1.0e4
+    # Repeated data is worth less (Muennighoff et al.): beyond its unique samples a domain's
+    # effective data saturates at U (1 + R*), so over-sampling a small domain has a real cost.
+    r_star = rng.uniform(2.0, 8.0, k)
+    if kind == "misspecified":
+        law = MisspecifiedLaw(domains, E, A, alpha, T * 2.0, scale=budget / (4 * k), unique=available, r_star=r_star)
+    else:
+        law = LawFit(family="repetition", domains=domains,
+                     params={"E": E, "A": A, "alpha": alpha, "T": T, "gamma": gamma, "d_ref": d_ref,
+                             "r_star": r_star, "unique": available})
+    noise = float(rng.choice([0.003, 0.01, 0.02]))
+    transient = float(rng.choice([0.0, 0.3]))
+    return World(name=f"w{index:02d}-{kind}", kind=kind, domains=domains, law=law, available=available,
+                 budget=budget, max_epochs=max_epochs, noise=noise, train_noise=2 * noise, transient=transient,
+                 seed=seed * 1000 + index, info=info)
+
+
+def oracle(world: World, floor: float) -> Any:
+    from mixpretrain.scaling import allocate
+
+    # No caps: the true law already charges for repetition, so this is the true optimum.
+    return allocate(world.law, world.budget, importance=world.importance, floor=floor)
+
+
+def sampler_options(world: World, name: str, floor: float, oracle_weights: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """(registry name, options) for a sampler in a world: the same common options for all."""
+    common = {"seed": world.seed, "total_budget": world.budget, "available": world.available.tolist(), "floor": floor}
+    if name == "temperature":
+        return name, {**common, "tau": 2.0, "max_epochs": world.max_epochs}
+    if name == "transfer":
+        return name, {**common, "max_epochs": world.max_epochs}
+    if name == "doremi":
+        # Reference losses of a "reference run": the proportional mixture trained on the full budget.
+        prop = world.available / world.available.sum()
+        return name, {**common, "reference": world.law.predict(world.budget * prop).tolist()}
+    if name == "oracle":
+        return "fixed", {**common, "weights": oracle_weights.tolist()}
+    return name, common
+
+
+def run_sampler(world: World, name: str, options: dict[str, Any], intervals: int = 60, eval_every: int = 3,
+                sampler: Any = None, start: int = 0, consumed: np.ndarray | None = None) -> dict[str, Any]:
+    """Drive one sampler through the world's observation schedule; returns final consumption,
+    objective, weights history, diagnostics and refit timings."""
+    sampler = sampler if sampler is not None else build(name, world.domains, **options)
+    consumed = np.zeros(len(world.domains)) if consumed is None else consumed.copy()
+    per_interval = world.budget / intervals
+    rng = np.random.default_rng([world.seed, 5])
+    history, refit_s = [], []
+    t0 = time.perf_counter()
+    for it in range(start, intervals):
+        w = sampler.weights()
+        history.append(w.tolist())
+        before = consumed.copy()
+        consumed = consumed + w * per_interval
+        step = it + 1
+        train = world.observed(0.5 * (before + consumed), np.random.default_rng([world.seed, step, 1]), world.train_noise)
+        sampler.observe(step, consumed, _as_losses(world, train, rng), "train")
+        if step % eval_every == 0:
+            val = world.observed(consumed, np.random.default_rng([world.seed, step, 2]), world.noise)
+            before_refits = _refits(sampler)
+            t1 = time.perf_counter()
+            sampler.observe(step, consumed, dict(zip(world.domains, val.tolist(), strict=True)), "val")
+            if _refits(sampler) > before_refits:
+                refit_s.append(time.perf_counter() - t1)
+    return {
+        "consumed": consumed,
+        "objective": world.objective(consumed),
+        "weights": history,
+        "diagnostics": sampler.diagnostics(),
+        "refit_seconds": refit_s,
+        "seconds": time.perf_counter() - t0,
+        "sampler": sampler,
+    }
+
+
+def _refits(sampler: Any) -> int:
+    counters = getattr(sampler, "counters", None)
+    return int(counters["refits"]) if isinstance(counters, dict) else 0
+
+
+def _as_losses(world: World, train: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """Training losses as the trainer reports them: now and then a domain is missing or NaN."""
+    out = {}
+    for d, v in zip(world.domains, train.tolist(), strict=True):
+        r = rng.random()
+        if r < 0.03:
+            continue  # no sample of this domain in the interval
+        out[d] = float("nan") if r < 0.05 else v
+    return out
+
+
+def _jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
+
+
+def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, floor: float = 0.01,
+                   intervals: int = 60, eval_every: int = 3) -> dict[str, Any]:
+    """Run every sampler in one world; per-sampler objective and its ratios to the baselines."""
+    from mixpretrain.scaling import hubs_and_islands
+
+    orc = oracle(world, floor)
+    j_oracle = world.objective(world.budget * orc.weights)
+    results: dict[str, Any] = {}
+    for name in samplers:
+        reg, opts = sampler_options(world, name, floor, orc.weights)
+        res = run_sampler(world, reg, opts, intervals, eval_every)
+        rec = {"objective": res["objective"], "consumed": res["consumed"].tolist(), "seconds": res["seconds"],
+               "refit_seconds": res["refit_seconds"]}
+        diag = res["diagnostics"]
+        if "hubs" in diag:
+            truth = hubs_and_islands(world.law, res["consumed"], importance=world.importance)
+            rec["hubs"], rec["islands"] = diag["hubs"], diag["islands"]
+            rec["true_hubs"], rec["true_islands"] = truth["hubs"], truth["islands"]
+            rec["hub_island_recovery"] = 0.5 * (_jaccard(diag["hubs"], truth["hubs"]) + _jaccard(diag["islands"], truth["islands"]))
+        results[name] = rec
+    j_prop = results["proportional"]["objective"] if "proportional" in results else world.objective(
+        world.budget * world.available / world.available.sum())
+    for rec in results.values():
+        rec["vs_proportional"] = rec["objective"] / j_prop - 1.0
+        rec["gap_to_oracle"] = rec["objective"] / j_oracle - 1.0
+    return {"world": world.name, "kind": world.kind, "k": len(world.domains), "noise": world.noise,
+            "oracle_weights": orc.weights.tolist(), "oracle_objective": j_oracle,
+            "oracle_gain_vs_proportional": 1.0 - j_oracle / j_prop, "samplers": results}
+
+
+def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per-sampler table over worlds."""
+    hard = [w for w in worlds if w["oracle_gain_vs_proportional"] >= HARD_GAIN]
+    table: dict[str, dict[str, Any]] = {}
+    for name in samplers:
+        recs = [w["samplers"][name] for w in worlds]
+        row: dict[str, Any] = {
+            "vs_proportional_mean": float(np.mean([r["vs_proportional"] for r in recs])),
+            "gap_to_oracle_mean": float(np.mean([r["gap_to_oracle"] for r in recs])),
+            "gap_to_oracle_max": float(np.max([r["gap_to_oracle"] for r in recs])),
+            "beats_proportional": float(np.mean([r["vs_proportional"] < 0 for r in recs])),
+            "seconds": float(np.sum([r["seconds"] for r in recs])),
+        }
+        others = [b for b in BASELINES_TO_BEAT if b != name and b in samplers]
+        if hard and others:
+            row["beats_baselines_on_hard"] = float(np.mean([
+                all(w["samplers"][name]["objective"] < w["samplers"][b]["objective"] for b in others) for w in hard]))
+        rec_scores = [r["hub_island_recovery"] for r in recs if "hub_island_recovery" in r]
+        if rec_scores:
+            row["hub_island_recovery"] = float(np.mean(rec_scores))
+        refits = [s for r in recs for s in r["refit_seconds"]]
+        if refits:
+            row["refit_ms_median"] = 1000 * float(np.median(refits))
+            row["refit_ms_max"] = 1000 * float(np.max(refits))
+        table[name] = row
+    return table
+
+
+def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] = DEFAULT_SAMPLERS,
+                  floor: float = 0.01, intervals: int = 60, eval_every: int = 3) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    worlds = []
+    for i in range(n_worlds):
+        world = make_world(i, seed)
+        worlds.append(evaluate_world(world, samplers, floor, intervals, eval_every))
+        log.info("%s done (%.1f s so far)", world.name, time.perf_counter() - t0)
+    hard = [w["world"] for w in worlds if w["oracle_gain_vs_proportional"] >= HARD_GAIN]
+    return to_jsonable({
+        "settings": {"worlds": n_worlds, "seed": seed, "floor": floor, "intervals": intervals, "eval_every": eval_every,
+                     "hard_gain": HARD_GAIN},
+        "table": summarise(worlds, samplers),
+        "hard_worlds": hard,
+        "worlds": worlds,
+        "seconds": time.perf_counter() - t0,
+    })
+
+
+def refit_timing(k: int, intervals: int = 300, eval_every: int = 3, seed: int = 0) -> dict[str, float]:
+    """Refit times of the transfer sampler over a full run with ``k`` domains: every val point
+    kept (``intervals / eval_every`` points at the end), refit at every val observation."""
+    world = make_world(0, seed, k=k)
+    world.kind = "random"
+    opts = {"seed": seed, "total_budget": world.budget, "available": world.available.tolist(), "floor": 0.01,
+            "max_epochs": world.max_epochs, "refit_every": 1}
+    res = run_sampler(world, "transfer", opts, intervals, eval_every)
+    times = res["refit_seconds"]
+    return {"k": k, "refits": len(times), "points_at_end": intervals // eval_every,
+            "median_s": float(np.median(times)), "last_s": float(times[-1]), "max_s": float(np.max(times))}
+
+
+def format_table(table: dict[str, dict[str, Any]]) -> str:
+    cols = [("vs_proportional_mean", "vs prop", "{:+.2%}"), ("gap_to_oracle_mean", "gap oracle", "{:+.2%}"),
+            ("gap_to_oracle_max", "gap max", "{:+.2%}"), ("beats_proportional", "beats prop", "{:.0%}"),
+            ("beats_baselines_on_hard", "beats base (hard)", "{:.0%}"), ("hub_island_recovery", "hub/isl rec", "{:.2f}"),
+            ("refit_ms_median", "refit ms", "{:.0f}"), ("seconds", "s", "{:.1f}")]
+    header = f"{'sampler':<13}" + "".join(f"{c[1]:>18}" for c in cols)
+    lines = [header, "-" * len(header)]
+    for name, row in table.items():
+        cells = [c[2].format(row[c[0]]) if row.get(c[0]) is not None else "-" for c in cols]
+        lines.append(f"{name:<13}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""The online transfer-aware sampler.
+
+Every observation is a point (consumed vector D, per-domain loss L) on the run's own trajectory.
+The sampler fits the transfer scaling law of ``mixpretrain.scaling`` to those points, computes
+the allocation that minimises the (importance-weighted, normalised) final loss for the planned
+``total_budget``, and steers the *cumulative* consumption toward that allocation.
+
+Phases, as fractions of ``total_budget`` consumed:
+
+1. exploration (``explore_fraction``): the mixture cycles through "boost one domain" designs
+   around the prior (uniform or proportional). With a constant mixture every domain's count
+   grows in lockstep and transfer T_ij cannot be told apart from a domain's own exponent; the
+   boosts make the consumption ratios vary.
+2. steering: every ``refit_every`` usable observations the law is refitted (warm-started from the
+   previous fit), the optimal allocation w* for the whole budget is computed, the target moves
+   toward it (EMA ``smoothing``, at most ``max_change`` per domain per refit), and the weights
+   for the next ``horizon`` samples are chosen so cumulative consumption reaches target x
+   consumed-at-horizon (receding horizon). A persistent multiplicative ``dither`` keeps the
+   ratios moving so the law stays identifiable and refits stay well-posed.
+
+Refits use the fixed-mask validation losses; the smoothed training losses are the fallback
+while there are fewer than ``min_points`` validation points. Points before ``warmup_fraction``
+of the budget are dropped (the loss curve's initial transient is not a power law). A refit that
+raises or that is worse than the previous law on the ``compare_last`` newest points is
+rejected and the previous law kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from .base import MixtureSampler, SamplerError, cap_fill, per_domain, project_to_floor, to_jsonable
+from .baselines import repetition_caps
+
+log = logging.getLogger(__name__)
+
+
+class TransferSampler(MixtureSampler):
+    name = "transfer"
+    OPTIONS = {
+        "family": "transfer",  # law family for fit_laws: power | linear | transfer | repetition | auto
+        "prior": "uniform",  # centre of exploration and the mixture before the first fit: uniform | proportional
+        "explore_fraction": 0.15,  # share of total_budget spent exploring
+        "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
+        "explore_block": 1,  # observations per boosted domain during exploration
+        "dither": 0.15,  # persistent multiplicative perturbation (log-normal sigma) after exploration
+        "warmup_fraction": 0.02,  # drop points before this share of total_budget
+        "min_points": 6,  # usable points before the first fit
+        "refit_every": 2,  # usable observations between refits
+        "smoothing": 0.5,  # EMA weight of a new optimum in the target allocation
+        "max_change": 0.15,  # max change of any domain's target weight per refit
+        "horizon": 0.2,  # steer cumulative consumption over this share of total_budget
+        "importance": None,  # per-domain lambda for the allocation objective (dict or list)
+        "max_epochs": None,  # repetition cap: at most this many passes over a domain's available data
+        "compare_last": 3,  # newest points on which a refit must not be worse than the previous law
+        "max_points": 400,  # history kept for fitting (oldest usable points thinned beyond this)
+        "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
+    }
+    STATE_FIELDS = ("points", "target", "fit_state", "counters", "last_refit", "prev_consumed", "phase")
+
+    def __init__(self, domains, **options: Any) -> None:
+        super().__init__(domains, **options)
+        self.budget = self._require_budget()
+        self._read_options()
+        self.points: list[dict[str, Any]] = []  # {"step", "split", "D": [K], "L": [K]}
+        self.prior_w = self._prior()
+        self._w = self.prior_w.copy()
+        self.target = self.prior_w.copy()
+        self.fit_state: dict[str, Any] | None = None  # LawFit.to_dict() of the law in use
+        self.fit = None
+        self.counters = {"refits": 0, "accepted": 0, "rejected": 0, "failed": 0, "usable": 0}
+        self.last_refit: dict[str, Any] = {}
+        self.prev_consumed = np.zeros(self.k)
+        self.phase = "explore"
+
+    def _read_options(self) -> None:
+        o = self.options
+        self.family = o["family"]
+        if self.family not in ("auto", "power", "linear", "transfer", "repetition"):
+            raise SamplerError(
+                f"sampler 'transfer' option 'family': expected auto, power, linear, transfer or repetition, got {self.family!r}"
+            )
+        if o["prior"] not in ("uniform", "proportional"):
+            raise SamplerError(f"sampler 'transfer' option 'prior': expected uniform or proportional, got {o['prior']!r}")
+        if o["prior"] == "proportional" and self.available is None:
+            raise SamplerError("sampler 'transfer' option prior='proportional' needs option 'available'")
+        self.explore_fraction = self._opt_float("explore_fraction", 0.0, 1.0)
+        self.explore_strength = self._opt_float("explore_strength", 0.0, 1.0)
+        self.explore_block = self._opt_int("explore_block", 1)
+        self.dither = self._opt_float("dither", 0.0, 2.0)
+        self.warmup_fraction = self._opt_float("warmup_fraction", 0.0, 1.0)
+        self.min_points = self._opt_int("min_points", 4)
+        self.refit_every = self._opt_int("refit_every", 1)
+        self.smoothing = self._opt_float("smoothing", 0.0, 1.0)
+        self.max_change = self._opt_float("max_change", 0.0, 1.0)
+        self.horizon = self._opt_float("horizon", 1e-6, 10.0)
+        self.compare_last = self._opt_int("compare_last", 1)
+        self.max_points = self._opt_int("max_points", self.min_points)
+        self.importance = per_domain(o["importance"], self.domains, "sampler 'transfer' option 'importance'", allow_none=True)
+        max_epochs = None if o["max_epochs"] is None else self._opt_float("max_epochs", 1e-9)
+        self.caps = repetition_caps(self, max_epochs)  # fractions of the budget, or None
+        if not isinstance(o["fit_options"], dict):
+            raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
+
+    def _prior(self) -> np.ndarray:
+        if self.options["prior"] == "proportional":
+            w = self.available / self.available.sum() if self.available.sum() > 0 else np.full(self.k, 1.0 / self.k)
+        else:
+            w = np.full(self.k, 1.0 / self.k)
+        return project_to_floor(cap_fill(w, self.caps), self.floor)
+
+    # ------------------------------------------------------------------ observations
+    def _update(self, step: int, consumed: np.ndarray, losses: np.ndarray, split: str) -> None:
+        # A train loss is the interval's average: place it at the interval's midpoint.
+        D = consumed if split == "val" else 0.5 * (self.prev_consumed + consumed)
+        if split == "train":
+            self.prev_consumed = consumed.copy()
+        usable = np.isfinite(losses).any() and consumed.sum() >= self.warmup_fraction * self.budget and D.sum() > 0
+        if usable:
+            losses = np.where(losses > 0, losses, np.nan)  # log-space fit: non-positive losses are unusable
+            self.points.append({"step": step, "split": split, "D": D.tolist(), "L": to_jsonable(losses)})
+            self._thin()
+            self.counters["usable"] += 1
+            fit_split = self._fit_split()
+            if split == fit_split and self._count(fit_split) >= self.min_points and self._due(fit_split):
+                self._refit(step, consumed, fit_split)
+        self._w = self._next_weights(consumed)
+
+    def _count(self, split: str) -> int:
+        return sum(1 for p in self.points if p["split"] == split)
+
+    def _fit_split(self) -> str:
+        return "val" if self._count("val") >= self.min_points else "train"
+
+    def _due(self, split: str) -> bool:
+        n = self._count(split) - self.min_points
+        return self.fit is None or n % self.refit_every == 0
+
+    def _thin(self) -> None:
+        """Keep at most max_points per split: drop every other point of the oldest half."""
+        for split in ("train", "val"):
+            idx = [i for i, p in enumerate(self.points) if p["split"] == split]
+            if len(idx) > self.max_points:
+                old = idx[: len(idx) // 2]
+                drop = set(old[1::2])
+                self.points = [p for i, p in enumerate(self.points) if i not in drop]
+
+    # ------------------------------------------------------------------ refit
+    def _data(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        pts = [p for p in self.points if p["split"] == split]
+        D = np.asarray([p["D"] for p in pts], dtype=np.float64)
+        L = np.asarray([[np.nan if v is None else v for v in p["L"]] for p in pts], dtype=np.float64)
+        return D, L
+
+    def _refit(self, step: int, consumed: np.ndarray, split: str) -> None:
+        from mixpretrain.scaling import fit_laws
+
+        D, L = self._data(split)
+        t0 = time.perf_counter()
+        self.counters["refits"] += 1
+        info: dict[str, Any] = {"step": step, "split": split, "points": int(D.shape[0])}
+        try:
+            new = fit_laws(D, L, self.domains, family=self.family, init=self.fit, log_warnings=False,
+                           unique=self._unique(), **self.options["fit_options"])
+            if not np.all(np.isfinite(new.predict(D[-1:]))):
+                raise ValueError("fitted law predicts non-finite losses")
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as exc:
+            self.counters["failed"] += 1
+            info.update(accepted=False, reason=f"fit failed: {exc}", seconds=time.perf_counter() - t0)
+            self.last_refit = info
+            log.warning("sampler transfer: refit at step %d failed, keeping the previous law: %s", step, exc)
+            return
+        newest = slice(-self.compare_last, None)
+        err_new = _log_error(new, D[newest], L[newest])
+        err_old = _log_error(self.fit, D[newest], L[newest]) if self.fit is not None else np.inf
+        info.update(err_new=err_new, err_old=None if not np.isfinite(err_old) else err_old)
+        if err_new > err_old:
+            self.counters["rejected"] += 1
+            info.update(accepted=False, reason="worse than the previous law on the newest points")
+        else:
+            self.counters["accepted"] += 1
+            self.fit_state = _fit_to_state(new)
+            # Use the JSON round-tripped law, exactly what a resumed run restores.
+            self.fit = _law_from_state(self.fit_state)
+            info.update(accepted=True, family=new.family)
+        self._retarget(info)
+        info["seconds"] = time.perf_counter() - t0
+        self.last_refit = info
+
+    def _retarget(self, info: dict[str, Any]) -> None:
+        """Move the target allocation toward the law's optimum for the planned budget."""
+        from mixpretrain.scaling import allocate
+
+        if self.fit is None:
+            return
+        try:
+            alloc = allocate(self.fit, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor)
+            optimum = np.asarray(alloc.weights, dtype=np.float64)
+        except (ValueError, RuntimeError) as exc:
+            info["allocate_error"] = str(exc)
+            log.warning("sampler transfer: allocation failed, keeping the target: %s", exc)
+            return
+        if optimum.shape != (self.k,) or not np.isfinite(optimum).all():
+            info["allocate_error"] = f"non-finite allocation {optimum.tolist()}"
+            return
+        moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
+        step = np.clip(moved - self.target, -self.max_change, self.max_change)
+        self.target = project_to_floor(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floor)
+        info["optimum"] = optimum.tolist()
+
+    def _unique(self) -> np.ndarray | None:
+        """Unique data for the repetition-aware families (a domain with none counts as 1 sample)."""
+        if self.available is None or self.family not in ("repetition", "auto"):
+            return None
+        return np.maximum(self.available, 1.0)
+
+    def _caps_samples(self) -> np.ndarray | None:
+        return None if self.caps is None else self.caps * self.budget
+
+    # ------------------------------------------------------------------ weights
+    def _explore_weights(self) -> np.ndarray:
+        block = self.n_obs // self.explore_block
+        cycle, pos = divmod(block, self.k)
+        order = np.random.default_rng([self.seed & 0xFFFFFFFF, cycle, 7]).permutation(self.k)
+        w = (1 - self.explore_strength) * self.prior_w
+        w[order[pos]] += self.explore_strength
+        return w
+
+    def _next_weights(self, consumed: np.ndarray) -> np.ndarray:
+        total = consumed.sum()
+        self.phase = "explore" if total < self.explore_fraction * self.budget else "steer" if self.fit else "prior"
+        if self.phase == "explore":
+            return project_to_floor(self._explore_weights(), self.floor)
+        horizon = self.horizon * self.budget
+        # Receding horizon: reach target x (consumed + horizon) after the next `horizon` samples.
+        steer = (self.target * (total + horizon) - consumed) / horizon
+        steer = project_to_floor(np.maximum(steer, 0.0), self.floor)
+        if self.dither > 0:
+            z = self._rng(1).standard_normal(self.k)
+            steer = steer * np.exp(self.dither * z)
+        return project_to_floor(steer, self.floor)
+
+    # ------------------------------------------------------------------ state / diagnostics
+    def _after_load(self) -> None:
+        self.fit = _law_from_state(self.fit_state) if self.fit_state else None
+        self.counters = dict(self.counters)
+        self.last_refit = dict(self.last_refit)
+
+    def diagnostics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "domains": list(self.domains),
+            "phase": self.phase,
+            "target": to_jsonable(self.target),
+            "counters": dict(self.counters),
+            "last_refit": to_jsonable(self.last_refit),
+            "points": len(self.points),
+        }
+        if self.fit is None:
+            return out
+        from mixpretrain.scaling import hubs_and_islands
+
+        consumed = np.asarray(self.points[-1]["D"]) if self.points else np.full(self.k, 1.0)
+        out["family"] = self.fit.family
+        out["params"] = self.fit_state["params"]
+        out["transfer_matrix"] = to_jsonable(self.fit.transfer_matrix)
+        try:
+            hi = hubs_and_islands(self.fit, np.maximum(consumed, 1.0), importance=self.importance)
+            out.update(to_jsonable({k: hi[k] for k in ("hubs", "islands", "hub_score", "island_score") if k in hi}))
+        except (ValueError, RuntimeError) as exc:
+            out["hubs_error"] = str(exc)
+        return out
+
+
+def _fit_to_state(fit: Any) -> dict[str, Any]:
+    d = fit.to_dict()
+    d["data"] = None  # the points are in the sampler state already
+    d["bootstrap"] = []
+    return to_jsonable(d)
+
+
+def _law_from_state(state: dict[str, Any]) -> Any:
+    from mixpretrain.scaling import LawFit
+
+    return LawFit.from_dict(state)
+
+
+def _log_error(fit: Any, D: np.ndarray, L: np.ndarray) -> float:
+    pred = fit.predict(D)
+    m = np.isfinite(L) & (L > 0) & np.isfinite(pred) & (pred > 0)
+    if not m.any():
+        return np.inf
+    return float(np.mean(np.abs(np.log(pred[m]) - np.log(L[m]))))

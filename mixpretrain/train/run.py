@@ -1,0 +1,171 @@
+"""Entry point of a pretraining run: pre-flight checks, then the engine and the loop.
+
+``preflight`` runs in every process *before* any process group starts, so a bad config key, a
+missing shards dir, an unknown sampler or model option, a foreign output_dir or a refused resume
+fails at once with one clear message (and no rank waits on a rank that already died).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixpretrain.config import ConfigError, RunConfig, config_to_dict
+from mixpretrain.data.mixture import MixtureStream, build_loader, derive_seed
+from mixpretrain.train import checkpoint as ckpt
+from mixpretrain.train.engine import build_model, deepspeed_config
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"  # marks a directory as a mixpretrain run directory (ours to write into)
+
+
+@dataclass
+class Plan:
+    domains: tuple[str, ...]
+    model: torch.nn.Module
+    sampler: Any
+    resume: tuple[int, Path] | None  # (step, tag dir) of the latest complete checkpoint
+    run_id: str
+
+
+def resolve_domains(cfg: RunConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
+    from mixpretrain.data.shards import load_index
+
+    try:
+        index = load_index(cfg.data.shards)["domains"]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"config key 'data.shards': {exc}") from exc
+    domains = tuple(cfg.data.domains) or tuple(sorted(index))
+    missing = [d for d in domains if d not in index]
+    if missing:
+        raise ConfigError(f"config key 'data.domains': {missing} not in {cfg.data.shards}/index.json (has {sorted(index)})")
+    if not domains:
+        raise ConfigError(f"config key 'data.shards': {cfg.data.shards}/index.json lists no domains")
+    empty = [d for d in domains if index[d].get("splits", {}).get("train", {}).get("samples", 0) == 0]
+    if empty:
+        raise ConfigError(f"config key 'data.domains': domains {empty} have no train samples in {cfg.data.shards}")
+    return domains, index
+
+
+def sampler_options(cfg: RunConfig, domains: tuple[str, ...], index: dict[str, Any], world: int) -> dict[str, Any]:
+    """Fill the options every built-in sampler understands, unless the config sets them."""
+    from mixpretrain.samplers import MixtureSampler, get_factory
+
+    opts = dict(cfg.sampler.options)
+    factory = get_factory(cfg.sampler.name)
+    if isinstance(factory, type) and issubclass(factory, MixtureSampler):
+        global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world
+        opts.setdefault("seed", cfg.train.seed)
+        opts.setdefault("total_budget", cfg.train.max_steps * global_batch)
+        # Unique data: k crops of each training volume count as one pass over the domain.
+        opts.setdefault("available", {d: index[d]["splits"]["train"]["samples"] * cfg.data.crops_per_volume
+                                      for d in domains})
+    return opts
+
+
+def _check_output_dir(cfg: RunConfig) -> None:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"config key 'output_dir': {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).is_file():
+        raise ConfigError(
+            f"config key 'output_dir': {out} is not empty and holds no {RUN_FILE}: it is not a mixpretrain run "
+            f"directory, and nothing in it will be overwritten. Choose a new or empty output_dir."
+        )
+
+
+def preflight(cfg: RunConfig, world_size: int) -> Plan:
+    if cfg.train.keep_checkpoints < 1:
+        raise ConfigError(f"config key 'train.keep_checkpoints': must be >= 1, got {cfg.train.keep_checkpoints}")
+    deepspeed_config(cfg, "fp32")  # the template exists and fits the run config
+    domains, index = resolve_domains(cfg)
+    _check_output_dir(cfg)
+    resume = ckpt.latest_complete(ckpt.checkpoint_dir(cfg))
+    run_file = Path(cfg.output_dir) / RUN_FILE
+    run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else secrets.token_hex(4)
+    if resume is not None:
+        changed = ckpt.check_resume(cfg, ckpt.read_meta(resume[1]), world_size)
+        if changed:
+            log.warning("resuming %s with changed keys %s", cfg.output_dir, changed)
+    elif run_file.is_file():
+        ckpt.check_resume(cfg, {**json.loads(run_file.read_text()), "step": 0}, world_size)
+    try:
+        from mixpretrain.samplers import build
+
+        sampler = build(cfg.sampler.name, domains, **sampler_options(cfg, domains, index, world_size))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'sampler': {exc}") from exc
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    try:
+        model = build_model(cfg)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config key 'model': {exc}") from exc
+    return Plan(domains, model, sampler, resume, run_id)
+
+
+def _write_run_file(cfg: RunConfig, plan: Plan, world: int) -> None:
+    path = Path(cfg.output_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": plan.run_id, "config": config_to_dict(cfg), "world_size": world,
+              "domains": list(plan.domains), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    ckpt.atomic_write(path, json.dumps(record, indent=1))
+
+
+def run(cfg: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg``; returns the last metrics record."""
+    from mixpretrain.train import dist
+    from mixpretrain.train.engine import build_engine
+    from mixpretrain.train.evaluator import Evaluator, load_val_crops
+    from mixpretrain.train.loggers import truncate_after
+    from mixpretrain.train.trainer import Trainer
+
+    start = time.time()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = preflight(cfg, world)
+    info = dist.init_distributed(local_rank)
+    if info.world_size != world:
+        raise RuntimeError(f"WORLD_SIZE={world} but the process group has {info.world_size} ranks")
+    resume_step = plan.resume[0] if plan.resume else 0
+    if info.is_main:
+        _write_run_file(cfg, plan, world)
+        for name in ("metrics.jsonl", "sampler.jsonl"):  # drop records of a killed attempt
+            moved = truncate_after(Path(cfg.output_dir) / name, resume_step)
+            if moved:
+                log.info("%s: moved %d records past step %d to the .discarded file", name, moved, resume_step)
+    dist.barrier()
+
+    mixture = MixtureStream(
+        cfg.data.shards, plan.domains, seed=cfg.train.seed, rank=info.rank, resume_step=resume_step,
+        stream_kwargs={"crop_size": tuple(cfg.data.crop_size), "crops_per_volume": cfg.data.crops_per_volume,
+                       "strict": cfg.data.strict, "shuffle_buffer": cfg.data.shuffle_buffer, "epoch": resume_step},
+    )
+    loader = build_loader(mixture, cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
+                          prefetch_factor=cfg.data.prefetch_factor, pin_memory=info.device.type == "cuda")
+    engine, precision = build_engine(cfg, plan.model, info)
+    evaluator = Evaluator(load_val_crops(cfg, plan.domains), plan.model.num_patches, cfg.train.seed, info.rank,
+                          info.world_size, cfg.train.micro_batch_size)
+    trainer = Trainer(cfg, info, engine, plan.model, precision, mixture, loader,
+                      plan.sampler if info.is_main else None, evaluator,
+                      ckpt.Checkpointer(cfg, info.rank, info.world_size), plan.run_id)
+    if plan.resume is not None:
+        trainer.restore(trainer.checkpointer.load(engine, plan.resume[1]))
+    else:
+        torch.manual_seed(derive_seed(cfg.train.seed, "rank", info.rank))  # per-rank mask noise
+        np.random.seed(derive_seed(cfg.train.seed, "numpy", info.rank))
+        trainer._publish(np.asarray(plan.sampler.weights(), dtype=np.float64))
+    record = trainer.fit(start)
+    trainer.export_encoder(Path(cfg.output_dir) / "encoder.pt")  # all ranks: a gather under ZeRO-3
+    dist.barrier()
+    log.info("run finished at step %d in %.1fs", trainer.state.step, time.time() - start)
+    dist.destroy()
+    return record

@@ -1,0 +1,203 @@
+"""docker/entrypoint.sh, run outside a container: argument passing, environment defaults,
+launch-mode selection and the errors a misconfigured node gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+
+# Variables a developer's or CI's shell may carry that would change what the entrypoint picks.
+_LAUNCH_VARS = (
+    "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE", "HOSTFILE", "WORLD_SIZE", "RANK",
+    "PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NPROC_PER_NODE",
+    "SLURM_NODEID", "CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_API_KEY", "NCCL_DEBUG",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING", "MIXPRETRAIN_SHARDS", "MIXPRETRAIN_NODE_ENV", "MIXPRETRAIN_LAUNCHER",
+    "MIXPRETRAIN_DRY_RUN", "MIXPRETRAIN_DS_LAUNCHER",
+)
+
+
+@pytest.fixture()
+def script(tmp_path: Path) -> Path:
+    """A real training-script stand-in that records its argv and environment as JSON."""
+    path = tmp_path / "record.py"
+    path.write_text(
+        "import json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, open(os.environ['RECORD_TO'], 'w'))\n"
+    )
+    return path
+
+
+def run_entrypoint(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    base["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '/usr/bin:/bin')}"
+    base.update({"MIXPRETRAIN_SCRIPT": str(script), "RECORD_TO": str(tmp_path / "record.json"), "TMPDIR": str(tmp_path)})
+    base.update(env)
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=base, capture_output=True, text=True, timeout=60)
+
+
+def dry_run(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> list[str]:
+    proc = run_entrypoint(args, {"MIXPRETRAIN_DRY_RUN": "1", **env}, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return shlex.split(proc.stdout)
+
+
+def opt(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_arguments_and_environment_reach_the_script(script: Path, tmp_path: Path) -> None:
+    args = ["--config", "configs/a b.yaml", "train.max_steps=3", "sampler.options.note=it's \"quoted\"", "x=$HOME"]
+    proc = run_entrypoint(args, {"MIXPRETRAIN_LAUNCHER": "python"}, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["argv"] == args  # spaces, quotes and $ pass through untouched
+    env = record["env"]
+    assert env["NCCL_DEBUG"] == "WARN"
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert env["WANDB_MODE"] == "offline"  # no key passed in: never try to reach wandb.ai
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_user_settings_win_over_defaults(script: Path, tmp_path: Path) -> None:
+    env = {"MIXPRETRAIN_LAUNCHER": "python", "NCCL_DEBUG": "INFO", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
+           "WANDB_MODE": "disabled"}
+    assert run_entrypoint([], env, script, tmp_path).returncode == 0
+    got = json.loads((tmp_path / "record.json").read_text())["env"]
+    assert (got["NCCL_DEBUG"], got["TORCH_NCCL_ASYNC_ERROR_HANDLING"], got["WANDB_MODE"]) == ("INFO", "0", "disabled")
+
+
+def test_wandb_goes_online_only_with_a_key(script: Path, tmp_path: Path) -> None:
+    env = {"MIXPRETRAIN_LAUNCHER": "python", "WANDB_API_KEY": "k" * 40}
+    assert run_entrypoint([], env, script, tmp_path).returncode == 0
+    assert json.loads((tmp_path / "record.json").read_text())["env"]["WANDB_MODE"] == "online"
+
+
+def test_single_node_runs_deepspeed_with_the_arguments(script: Path, tmp_path: Path) -> None:
+    cmd = dry_run(["--config", "c.yaml", "k=v w"], {}, script, tmp_path)
+    assert cmd[0] == "deepspeed" and "--hostfile" not in cmd and "--no_ssh" not in cmd
+    assert cmd[-4:] == [str(script), "--config", "c.yaml", "k=v w"]
+    cmd = dry_run([], {"NPROC_PER_NODE": "4", "MASTER_PORT": "29123"}, script, tmp_path)
+    assert (opt(cmd, "--num_gpus"), opt(cmd, "--master_port")) == ("4", "29123")
+
+
+def test_shard_urls_become_a_data_override(script: Path, tmp_path: Path) -> None:
+    url = "pipe:cat /data/ct/train-{000000..000003}.tar"
+    cmd = dry_run(["--config", "c.yaml"], {"MIXPRETRAIN_SHARDS": url}, script, tmp_path)
+    assert cmd[-1] == f"data.shards={url}"
+    cmd = dry_run([], {"MIXPRETRAIN_SHARDS": "https://bucket.example.com/shards/"}, script, tmp_path)
+    assert cmd[-1] == "data.shards=https://bucket.example.com/shards/"
+
+
+def test_pipe_through_a_missing_tool_fails_early(script: Path, tmp_path: Path) -> None:
+    url = "pipe:no-such-cloud-cli s3 cp s3://bucket/ct/train-000000.tar -"
+    proc = run_entrypoint([], {"MIXPRETRAIN_SHARDS": url}, script, tmp_path)
+    assert proc.returncode == 2
+    assert "no-such-cloud-cli" in proc.stderr and "not on PATH" in proc.stderr
+
+
+def test_missing_local_shards_dir_is_an_error(script: Path, tmp_path: Path) -> None:
+    proc = run_entrypoint([], {"MIXPRETRAIN_SHARDS": str(tmp_path / "nope")}, script, tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_missing_hostfile_gets_a_clear_error(script: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "hostfile"
+    proc = run_entrypoint(["--config", "c.yaml"], {"HOSTFILE": str(missing)}, script, tmp_path)
+    assert proc.returncode == 2
+    assert f"hostfile '{missing}'" in proc.stderr and "not found" in proc.stderr
+    assert not (tmp_path / "record.json").exists()  # nothing launched on this node alone
+
+
+def test_malformed_hostfile_names_the_line(script: Path, tmp_path: Path) -> None:
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes\nnode-a slots=8\nnode-b 8\n")
+    proc = run_entrypoint([], {"HOSTFILE": str(hostfile)}, script, tmp_path)
+    assert proc.returncode == 2 and "line 3" in proc.stderr and "HOST slots=N" in proc.stderr
+
+
+def test_hostfile_example_is_valid_and_used(script: Path, tmp_path: Path) -> None:
+    example = REPO / "launch" / "hostfile.example"
+    cmd = dry_run(["--config", "c.yaml"], {"HOSTFILE": str(example), "MASTER_ADDR": "10.0.0.1"}, script, tmp_path)
+    assert opt(cmd, "--hostfile") == str(example) and opt(cmd, "--master_addr") == "10.0.0.1"
+    assert "--no_ssh" not in cmd  # hostfile mode: deepspeed reaches the hosts itself (pdsh)
+
+
+def test_launcher_per_node(script: Path, tmp_path: Path) -> None:
+    env = {"NNODES": "3", "NODE_RANK": "2", "MASTER_ADDR": "10.0.0.1", "NPROC_PER_NODE": "2"}
+    cmd = dry_run(["--config", "c.yaml"], env, script, tmp_path)
+    assert "--no_ssh" in cmd
+    assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr")) == ("2", "10.0.0.1")
+    assert opt(cmd, "--include") == "node0:0,1@node1:0,1@node2:0,1"
+    lines = Path(opt(cmd, "--hostfile")).read_text().split()
+    assert lines == ["node0", "slots=2", "node1", "slots=2", "node2", "slots=2"]
+
+
+def test_per_node_keeps_the_visible_gpus(script: Path, tmp_path: Path) -> None:
+    env = {"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "h0", "CUDA_VISIBLE_DEVICES": "4,5"}
+    cmd = dry_run([], env, script, tmp_path)
+    assert opt(cmd, "--include") == "node0:4,5@node1:4,5"
+    assert "slots=6" in Path(opt(cmd, "--hostfile")).read_text()
+    proc = run_entrypoint([], {**env, "CUDA_VISIBLE_DEVICES": "GPU-8d2e"}, script, tmp_path)
+    assert proc.returncode == 2 and "torchrun" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NNODES": "2", "NODE_RANK": "1"}, "needs MASTER_ADDR"),
+        ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h0"}, "NODE_RANK='2'"),
+        ({"NNODES": "two"}, "NNODES='two'"),
+        ({"NPROC_PER_NODE": "0"}, "NPROC_PER_NODE='0'"),
+        ({"MIXPRETRAIN_LAUNCHER": "mpirun"}, "not one of deepspeed, torchrun, python"),
+        ({"MIXPRETRAIN_NODE_ENV": "lsf"}, "only 'kubeflow'"),
+    ],
+)
+def test_bad_node_settings_are_errors(script: Path, tmp_path: Path, env: dict[str, str], message: str) -> None:
+    proc = run_entrypoint([], env, script, tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_scheduler_variables_are_read(script: Path, tmp_path: Path) -> None:
+    # torchrun-style PET_* (Kubeflow Trainer) and SLURM's node id in an srun step
+    pet = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "m0", "PET_MASTER_PORT": "23456"}
+    cmd = dry_run([], pet, script, tmp_path)
+    assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr"), opt(cmd, "--master_port")) == ("1", "m0", "23456")
+    cmd = dry_run([], {"NNODES": "4", "SLURM_NODEID": "3", "MASTER_ADDR": "gpu07"}, script, tmp_path)
+    assert opt(cmd, "--node_rank") == "3"
+
+
+def test_kubeflow_world_size_and_rank_are_nodes(script: Path, tmp_path: Path) -> None:
+    env = {"MIXPRETRAIN_NODE_ENV": "kubeflow", "WORLD_SIZE": "3", "RANK": "1", "MASTER_ADDR": "job-master-0",
+           "MASTER_PORT": "23456", "NPROC_PER_NODE": "8"}
+    cmd = dry_run([], env, script, tmp_path)
+    assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr")) == ("1", "job-master-0")
+    assert Path(opt(cmd, "--hostfile")).read_text().count("slots=8") == 3
+
+
+def test_torchrun_launcher(script: Path, tmp_path: Path) -> None:
+    env = {"MIXPRETRAIN_LAUNCHER": "torchrun", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.1.1",
+           "NPROC_PER_NODE": "4"}
+    cmd = dry_run(["--config", "c.yaml"], env, script, tmp_path)
+    assert cmd[0] == "torchrun"
+    assert [opt(cmd, k) for k in ("--nnodes", "--node_rank", "--nproc_per_node", "--master_addr")] == [
+        "2", "1", "4", "10.1.1.1"]
+    assert cmd[-3:] == [str(script), "--config", "c.yaml"]
+
+
+def test_a_command_on_path_runs_as_is(script: Path, tmp_path: Path) -> None:
+    proc = run_entrypoint(["echo", "synth", "--out", "/x"], {}, script, tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "synth --out /x\n"
+
+
+def test_help_prints_usage(script: Path, tmp_path: Path) -> None:
+    proc = run_entrypoint(["--help"], {"MIXPRETRAIN_SCRIPT": str(tmp_path / "absent.py")}, script, tmp_path)
+    assert proc.returncode == 0 and "MIXPRETRAIN_LAUNCHER" in proc.stdout

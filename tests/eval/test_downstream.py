@@ -1,0 +1,136 @@
+"""Downstream evaluation: phantom tasks, classification, segmentation, bad inputs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mixpretrain.cli import main as cli_main
+from mixpretrain.eval.classify import ClassifyConfig, read_classification_csv, run_classification
+from mixpretrain.eval.phantom_tasks import write_phantom_tasks
+from mixpretrain.eval.segment import SegmentConfig, read_decathlon, run_segmentation
+from mixpretrain.models import build_mae, save_encoder
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tasks")
+    write_phantom_tasks(out, cases=8, size=SIZE, seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = build_mae("custom", img_size=SIZE, patch_size=8, width=32, depth=3, heads=2)
+    return save_encoder(model, tmp_path_factory.mktemp("enc") / "encoder.pt")
+
+
+def _copy(tasks: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(tasks, dst)
+    return dst
+
+
+def test_phantom_tasks_layout_and_determinism(tasks: Path, tmp_path: Path) -> None:
+    spec = json.loads((tasks / "dataset.json").read_text())
+    assert spec["labels"]["4"] == "lesion" and spec["numTraining"] + spec["numValidation"] == 8
+    rows = list(csv.DictReader((tasks / "classification.csv").open()))
+    assert {r["label"] for r in rows} == {"0", "1"}
+    for split in ("train", "val"):  # both classes in both splits
+        assert {r["label"] for r in rows if r["split"] == split} == {"0", "1"}
+    for r in rows:  # the classification label says whether the mask holds a lesion
+        label = np.asarray(nib.load(tasks / r["image"].replace("imagesTr", "labelsTr")).dataobj)
+        assert (label == 4).any() == (r["label"] == "1")
+        assert (label == 1).any()  # liver always present
+    again = write_phantom_tasks(tmp_path / "again", cases=8, size=SIZE, seed=3)
+    a = np.asarray(nib.load(tasks / "imagesTr/case_0005.nii.gz").dataobj)
+    b = np.asarray(nib.load(Path(again["out_dir"]) / "imagesTr/case_0005.nii.gz").dataobj)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_phantom_tasks(tmp_path / "again", cases=8, size=SIZE, seed=3)
+
+
+def test_classify_probe_and_finetune_report_metrics(tasks: Path, encoder: Path) -> None:
+    cfg = ClassifyConfig(probe_steps=50, finetune_steps=3, batch_size=4)
+    result = run_classification(encoder, tasks / "classification.csv", cfg)
+    assert result["n_train"] == 6 and result["n_val"] == 2 and result["img_size"] == [SIZE] * 3
+    for mode in ("probe", "finetune"):
+        assert 0.0 <= result[mode]["accuracy"] <= 1.0
+        assert 0.0 <= result[mode]["auc"] <= 1.0  # both classes in val: AUC defined
+
+
+def test_segment_reports_dice_per_class_pretrained_and_scratch(tasks: Path, encoder: Path) -> None:
+    cfg = SegmentConfig(steps=3, batch_size=2, feature_size=8)
+    result = run_segmentation(encoder, tasks, cfg, compare_scratch=True)
+    for init in ("pretrained", "scratch"):
+        dice = result[init]["dice"]
+        assert list(dice) == ["liver", "spleen", "kidney", "lesion"]
+        assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in dice.values())
+        assert math.isfinite(result[init]["final_train_loss"])
+    assert "mean_dice_ratio_pretrained_vs_scratch" in result
+
+
+def test_patch_size_mismatch_is_a_clear_error(tasks: Path, encoder: Path) -> None:
+    with pytest.raises(ValueError, match=r"exported with patch size \[8, 8, 8\].*\[16, 16, 16\] was requested"):
+        run_segmentation(encoder, tasks, SegmentConfig(steps=1, patch_size=16))
+    with pytest.raises(ValueError, match="patch size"):
+        run_classification(encoder, tasks / "classification.csv", ClassifyConfig(patch_size=4))
+
+
+def test_missing_labels_are_clear_errors(tasks: Path, encoder: Path, tmp_path: Path) -> None:
+    data = _copy(tasks, tmp_path)
+    lines = (data / "classification.csv").read_text().splitlines()
+    lines[2] = lines[2].split(",")[0] + ",,train"
+    (data / "classification.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 3: missing label"):
+        read_classification_csv(data / "classification.csv")
+    (data / "nolabelcol.csv").write_text("image,split\nimagesTr/case_0000.nii.gz,train\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        read_classification_csv(data / "nolabelcol.csv")
+
+    spec = json.loads((data / "dataset.json").read_text())
+    del spec["training"][0]["label"]
+    (data / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"training\[0\].*has no 'label'"):
+        read_decathlon(data)
+    spec = json.loads((tasks / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps(spec))
+    (data / "labelsTr/case_0001.nii.gz").unlink()  # case 1 is in training
+    with pytest.raises(FileNotFoundError, match="label file .*case_0001.nii.gz does not exist"):
+        run_segmentation(encoder, data, SegmentConfig(steps=1))
+
+
+def test_missing_dataset_json_keys(tasks: Path, tmp_path: Path) -> None:
+    data = _copy(tasks, tmp_path)
+    spec = json.loads((data / "dataset.json").read_text())
+    del spec["labels"]
+    (data / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['labels'\]"):
+        read_decathlon(data)
+
+
+def test_image_label_shape_mismatch(tasks: Path, encoder: Path, tmp_path: Path) -> None:
+    data = _copy(tasks, tmp_path)
+    target = data / "labelsTr/case_0001.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, SIZE - 2), np.uint8), np.eye(4)), str(target))
+    with pytest.raises(ValueError, match=r"case_0001.nii.gz has shape \(16, 16, 16\) but its label .* \(16, 16, 14\)"):
+        run_segmentation(encoder, data, SegmentConfig(steps=1))
+
+
+def test_cli_synth_tasks_and_errors(tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli_tasks"
+    assert cli_main(["eval", "synth-tasks", "--out", str(out), "--cases", "4", "--size", "16"]) == 0
+    assert (out / "dataset.json").is_file() and (out / "classification.csv").is_file()
+    assert cli_main(["eval", "synth-tasks", "--out", str(out), "--cases", "4", "--size", "16"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    code = cli_main(["eval", "segment", "--encoder", str(encoder), "--data", str(out), "--patch-size", "16"])
+    assert code == 2 and "patch size" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""The typed run config: YAML + key.sub=value overrides, validated with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixpretrain.config import (
+    ConfigError,
+    config_diff,
+    config_fingerprint,
+    config_to_dict,
+    load_config,
+)
+
+
+def test_defaults_and_overrides_parse_as_yaml_values():
+    cfg = load_config(None, ["train.max_steps=7", "data.crop_size=[16,32,16]", "logging.wandb=false"])
+    assert cfg.train.max_steps == 7
+    assert cfg.data.crop_size == [16, 32, 16]
+    assert cfg.logging.wandb is False
+
+
+def test_crop_size_single_int_means_cube():
+    cfg = load_config(None, ["data.crop_size=24", "model.patch_size=8"])
+    assert cfg.data.crop_size == [24, 24, 24]
+
+
+def test_unknown_key_names_key_and_closest_matches():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_step'.*train.max_steps"):
+        load_config(None, ["train.max_step=5"])
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  presett: tiny\n")
+    with pytest.raises(ConfigError, match=r"run.yaml.*'model.presett'.*model.preset"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"train.max_steps.*'ten'"):
+        load_config(None, ["train.max_steps=ten"])
+
+
+def test_crop_not_multiple_of_patch_is_refused():
+    with pytest.raises(ConfigError, match="data.crop_size"):
+        load_config(None, ["data.crop_size=20", "model.patch_size=8"])
+
+
+def test_free_form_sampler_options_accept_nested_overrides():
+    cfg = load_config(None, ["sampler.options.tau=2.0", "sampler.options.weights={ct: 0.5, mri: 0.5}"])
+    assert cfg.sampler.options == {"tau": 2.0, "weights": {"ct": 0.5, "mri": 0.5}}
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_missing_file_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_and_diff_name_changed_keys():
+    a = load_config(None, [])
+    b = load_config(None, ["train.lr=0.001"])
+    assert config_fingerprint(a) != config_fingerprint(b)
+    assert config_fingerprint(a) == config_fingerprint(load_config(None, []))
+    assert config_diff(config_to_dict(a), config_to_dict(b)) == ["train.lr"]

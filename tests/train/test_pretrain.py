@@ -1,0 +1,140 @@
+"""launch/pretrain.py end to end on phantom shards: one process, two DeepSpeed ranks, kill -9, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import DOMAINS, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "launch" / "pretrain.py"
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deepspeed(config: Path, *overrides: str) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(_free_port()), str(LAUNCH),
+            "--config", str(config), *overrides]
+
+
+def _python(config: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(LAUNCH), "--config", str(config), *overrides]
+
+
+def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out, sampler={"name": "uniform"},
+                      train={"max_steps": 6, "checkpoint_every": 3, "eval_every": 3})
+    res = _run(_python(cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = _records(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    for key in ("step", "samples", "consumed", "weights", "lr", "samples_per_s", "data_wait", "loss"):
+        assert key in recs[-1], key
+    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 6 * 4
+    assert all(f"val/{d}" in recs[2] for d in DOMAINS)
+    assert (out / "encoder.pt").is_file() and (out / "checkpoints" / "step00000006" / "encoder.pt").is_file()
+
+    # Same command with a longer horizon: resumes at step 6 and continues to 8.
+    res = _run(_python(cfg, "train.max_steps=8"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 9))
+
+    # A changed config is refused, naming the keys, before anything runs.
+    res = _run(_python(cfg, "train.max_steps=8", "train.lr=0.01", "data.crops_per_volume=3"))
+    assert res.returncode == 2
+    assert "data.crops_per_volume: 2 -> 3" in res.stderr and "train.lr: 0.002 -> 0.01" in res.stderr
+
+    # A directory that is not a run directory is never written into.
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("user data")
+    res = _run(_python(cfg, f"output_dir={foreign}"))
+    assert res.returncode == 2 and "not a mixpretrain run directory" in res.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_bad_config_key_fails_before_any_process_group(phantom_shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, tmp_path / "run")
+    res = _run(_deepspeed(cfg, "train.max_stepz=3"), timeout=120)
+    assert res.returncode != 0
+    assert "unknown config key 'train.max_stepz'; did you mean train.max_steps" in res.stderr
+    assert "backend gloo" not in res.stdout + res.stderr  # no rank reached init_distributed
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out,
+                      train={"max_steps": 24, "checkpoint_every": 8, "eval_every": 4, "zero_stage": 1})
+    # First attempt: SIGKILL the whole launcher process group once it is past the step-8 checkpoint.
+    proc = subprocess.Popen(_deepspeed(cfg), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    marker, metrics = out / "checkpoints" / "step00000008" / "COMPLETE", out / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if marker.is_file() and metrics.is_file() and _records(metrics)[-1]["step"] >= 10:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = _records(metrics)[-1]["step"]
+    assert 10 <= killed_at < 24
+    saved = json.loads((out / "checkpoints" / "step00000008" / "meta.json").read_text())
+
+    # Same command again: continues from step 8 with the sampler state saved there.
+    res = _run(_deepspeed(cfg))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    events = [r for r in _records(out / "sampler.jsonl") if r.get("event") == "resume"]
+    assert [e["step"] for e in events] == [8]
+    assert events[0]["sampler_state_sha256"] == saved["sampler_state_sha256"]
+    recs = _records(metrics)
+    assert [r["step"] for r in recs] == list(range(1, 25))  # records after step 8 were replaced
+    assert (out / "metrics.discarded.jsonl").is_file()
+
+    # Training worked: loss fell, every domain was logged, the transfer sampler moved the weights.
+    first = sum(r["loss"] for r in recs[:4]) / 4
+    last = sum(r["loss"] for r in recs[-4:]) / 4
+    assert last < first, (first, last)
+    assert all(f"loss/{d}" in " ".join(recs[-1]) or any(f"loss/{d}" in r for r in recs[-4:]) for d in DOMAINS)
+    assert all(f"val/{d}" in recs[23] for d in DOMAINS)
+    w0, w1 = recs[0]["weights"], recs[-1]["weights"]
+    assert max(abs(w0[d] - w1[d]) for d in DOMAINS) > 0.05
+    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 24 * 4 * 2
+    assert recs[-1]["weights_lag_batches"] <= 2 * 1 + 1  # num_workers x prefetch_factor + 1
+    diag = [r for r in _records(out / "sampler.jsonl") if "phase" in r]
+    assert diag and diag[-1]["domains"] == list(DOMAINS)
+    assert (out / "encoder.pt").is_file()
