@@ -25,12 +25,16 @@ import math
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# MONAI's sin-cos builder calls meshgrid without indexing=; that warning is not ours to fix.
+warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap on timed seconds per model")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with ratio_vs_monai")
+    p.add_argument("--peak-n", type=int, help=argparse.SUPPRESS)  # smaller peak matmul, for smoke tests
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible to torch")
@@ -77,9 +82,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_peak(device: str) -> tuple[float, str]:
+def measure_peak(device: str, n: int | None = None) -> tuple[float, str]:
     """Best achieved matmul FLOP/s over a few trials: bf16 8192^2 on GPU, fp32 1024^2 on CPU."""
-    n, dtype, reps = (8192, torch.bfloat16, 20) if device == "cuda" else (1024, torch.float32, 8)
+    size, dtype, reps = (8192, torch.bfloat16, 20) if device == "cuda" else (1024, torch.float32, 8)
+    n = n or size
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)  # warm-up (cuBLAS handle, CPU thread pool)
@@ -129,6 +135,11 @@ def build_monai(args: argparse.Namespace, device: str, s: dict[str, Any]) -> tup
         decoder_num_heads=s["decoder_heads"], pos_embed_type=pos(s["width"]),
         decoder_pos_embed_type=pos(s["decoder_width"]), qkv_bias=True,
     ).to(device)
+    # MONAI fills its decoder sequence by index_put of the (bf16 under autocast) embedded tokens
+    # into a float32 tensor of mask tokens, which raises "Index put requires the source and
+    # destination dtypes match" under bf16 autocast. Casting that one small [B, n_keep+1, width]
+    # output to float32 is the least change that lets it run; the decoder's linears still run bf16.
+    model.decoder_embed.register_forward_hook(lambda _m, _i, out: out.float())
     patch = (args.patch,) * 3
 
     def loss_fn(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -193,44 +204,65 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    peak, peak_what = measure_peak(dev)
+    peak, peak_what = measure_peak(dev, args.peak_n)
     sizes = mae_sizes(args)
     x = torch.randn(args.batch, 1, *args.img, device=dev)
     builders = {"ours": lambda: build_ours(args, dev), "monai": lambda: build_monai(args, dev, sizes)}
     runners: list[Runner] = []
+    failed: dict[str, str] = {}
     for name in [n.strip() for n in args.models.split(",") if n.strip()]:
         if name not in builders:
             raise SystemExit(f"--models: unknown model {name!r} (ours, monai)")
-        runners.append(Runner(name, *builders[name](), args, dev))
+        try:
+            runners.append(Runner(name, *builders[name](), args, dev))
+        except Exception as exc:  # one model failing must not lose the other's figures
+            failed[name] = _describe(exc)
 
     steps = args.steps
-    for r in runners:  # warm-up (and compile); also sizes the timed rounds to the time cap
-        try:
-            t_warm = r.run(x, args.warmup)
-            budget_steps = int(args.max_seconds / max(args.rounds * t_warm, 1e-6))
-            steps = max(1, min(steps, budget_steps))
-        except torch.OutOfMemoryError as exc:  # report it and keep the other model's figures
-            r.error = f"OOM: {str(exc).splitlines()[0][:120]}"
+    for r in runners:  # warm-up (and compile), then one probe step sizes the rounds to the time cap
+        if _guarded(r, lambda r=r: r.run(x, args.warmup)):
+            t_step = _guarded(r, lambda r=r: r.run(x, 1))
+            if t_step:
+                steps = max(1, min(steps, int(args.max_seconds / max(args.rounds * t_step, 1e-6))))
     for _ in range(args.rounds):
         for r in runners:
             if not r.error:
-                r.times.append(r.run(x, steps))
+                t = _guarded(r, lambda r=r: r.run(x, steps))
+                if t:
+                    r.times.append(t)
     if dev == "cuda":
         for r in runners:  # peak memory of one more step, per model
             if not r.error:
                 torch.cuda.reset_peak_memory_stats()
-                r.run(x, 1)
-                r.peak_mem_gb = torch.cuda.max_memory_allocated() / 2**30
-    peak = max(peak, measure_peak(dev)[0])  # again after timing: on a shared machine load may hit one
-    report(args, runners, peak, peak_what, sizes, steps)
+                if _guarded(r, lambda r=r: r.run(x, 1)):
+                    r.peak_mem_gb = torch.cuda.max_memory_allocated() / 2**30
+    peak = max(peak, measure_peak(dev, args.peak_n)[0])  # again after timing: on a shared machine load may hit one
+    report(args, runners, failed, peak, peak_what, sizes, steps)
     return 0
 
 
-def report(args: argparse.Namespace, runners: list[Runner], peak: float, peak_what: str,
-           sizes: dict[str, Any], steps: int) -> None:
+def _describe(exc: BaseException) -> str:
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
+def _guarded(r: Runner, fn: Callable[[], float]) -> float:
+    """Run ``fn``; on failure (out of memory, a model bug) record it on ``r`` and free its memory."""
+    try:
+        return fn()
+    except Exception as exc:
+        r.error = _describe(exc)
+        r.opt.zero_grad(set_to_none=True)
+        if r.device == "cuda":
+            torch.cuda.empty_cache()
+        return 0.0
+
+
+def report(args: argparse.Namespace, runners: list[Runner], failed: dict[str, str], peak: float,
+           peak_what: str, sizes: dict[str, Any], steps: int) -> None:
     dev = args.device
     name = torch.cuda.get_device_name() if dev == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()}"
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {name: {"error": err} for name, err in failed.items()}
     for r in runners:
         if r.error or not r.times:
             rows[r.name] = {"error": r.error or "not run"}

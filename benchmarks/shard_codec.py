@@ -88,8 +88,8 @@ def main() -> int:
                 back = npy_decode(payload)
             else:
                 payload = encode_volume(x, codec, level)
-                enc_t += timed(lambda x=x: encode_volume(x, codec, level), 1)
-                dec_t += timed(lambda p=payload: decode_volume(p, codec, x.shape, dtype), args.repeats)
+                enc_t += timed(lambda x=x, c=codec, lv=level: encode_volume(x, c, lv), 1)
+                dec_t += timed(lambda p=payload, c=codec, s=x.shape, d=dtype: decode_volume(p, c, s, d), args.repeats)
                 back = decode_volume(payload, codec, x.shape, dtype)
             size += len(payload)
             err = max(err, float(np.abs(back.astype(np.float32) - v).max() / (np.abs(v).max() + 1e-12)))

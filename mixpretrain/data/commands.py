@@ -147,11 +147,13 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .shards import load_index, verify
+    from .shards import load_index, orphans, verify
 
     domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
     problems = verify(args.shards_dir, domains, deep=not args.quick)
     index = load_index(args.shards_dir)
+    for f in orphans(args.shards_dir):
+        print(f"note: {f} is not in index.json (left by an interrupted run?); readers ignore it", file=sys.stderr)
     n = sum(len(index["domains"][d]["shards"]) for d in (domains or index["domains"]) if d in index["domains"])
     for prob in problems:
         print(f"BAD {prob['file']}: {prob['problem']}", file=sys.stderr)

@@ -175,7 +175,8 @@ def process_case(case: Case, settings: PreprocessSettings, frames: str, dtype: s
     """Read + preprocess one case: ``(array, meta)`` or ``(None, reason)``; never raises."""
     try:
         array, meta = preprocess(read_volume(case.source, frames=frames), settings)
-        stored = array.astype(dtype)
+        with np.errstate(over="ignore"):  # overflow is reported just below, as the skip reason
+            stored = array.astype(dtype)
         if not np.isfinite(stored).all():
             return None, f"values overflow {dtype} after preprocessing (max |v| {np.abs(array).max():.4g})"
         return stored, meta

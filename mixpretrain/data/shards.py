@@ -106,6 +106,7 @@ def _zstd_compressor(level: int):
 
 
 def _blosc2():
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # blosc2 imports numexpr, which logs at INFO
     import blosc2
 
     if not getattr(_blosc2, "configured", False):
@@ -319,7 +320,8 @@ class ShardWriter:
             raise ValueError(f"sample {key!r}: volume must be float16/float32, got {volume.dtype}")
         if not np.isfinite(volume).all():
             raise ValueError(f"sample {key!r}: volume has NaN/Inf voxels")
-        stored = volume.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is reported below, naming the sample
+            stored = volume.astype(self.dtype, copy=False)
         if not np.isfinite(stored).all():
             raise ValueError(f"sample {key!r}: values overflow {self.dtype} (max |v| {np.abs(volume).max():.4g})")
         payload = encode_volume(stored, self.codec, self.level)
@@ -579,6 +581,20 @@ def verify(shards_dir: str | Path, domain_names: list[str] | None = None, deep: 
             if problem:
                 problems.append({"file": str(path), "problem": problem})
     return problems
+
+
+def orphans(shards_dir: str | Path) -> list[str]:
+    """Shard files on disk that index.json does not list (e.g. renamed just before a crash, or
+    left by another tool). Readers ignore them; a later ingest numbers its shards after them."""
+    shards_dir = Path(shards_dir)
+    index = load_index(shards_dir)
+    listed = {s["file"] for d in index["domains"].values() for s in d["shards"]}
+    found = []
+    for name in sorted(index["domains"]):
+        ddir = shards_dir / name
+        if ddir.is_dir():
+            found += [f"{name}/{p.name}" for p in sorted(ddir.iterdir()) if _SHARD_RE.match(p.name)]
+    return [f for f in found if f not in listed]
 
 
 def stats(shards_dir: str | Path) -> list[dict]:

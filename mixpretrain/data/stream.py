@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -119,10 +120,9 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
         from webdataset.shardlists import expand_urls
 
         return expand_urls(str(source)), {}
-    urls = [str(u) for u in source]
     if not all(isinstance(u, str | Path) for u in source):
         raise ValueError(f"source list must hold URL or path strings, got {source!r}")
-    return urls, {}
+    return [str(u) for u in source], {}
 
 
 # ----------------------------------------------------------------------------- crops
@@ -133,13 +133,36 @@ def crop_starts(shape: Sequence[int], crop: Sequence[int], rng: np.random.Genera
     return [int(rng.integers(0, s - c + 1)) if s > c else 0 for s, c in zip(shape, crop, strict=True)]
 
 
-def extract_crop(volume: np.ndarray, start: Sequence[int], crop: Sequence[int], pad_value: float) -> np.ndarray:
-    """float32 crop of ``volume`` at ``start``; axes shorter than the crop are padded symmetrically."""
-    region = volume[tuple(slice(s, s + c) for s, c in zip(start, crop, strict=True))].astype(np.float32)
+def extract_crop(volume: np.ndarray, start: Sequence[int], crop: Sequence[int], pad_value: float) -> torch.Tensor:
+    """float32 tensor crop of ``volume`` at ``start``; axes shorter than the crop are padded symmetrically.
+
+    The float16 -> float32 conversion is done by torch into a fresh contiguous tensor: ~4x faster
+    than numpy's ``astype`` on a strided float16 view, and never shares the (read-only) decoded
+    buffer with the caller.
+    """
+    region = volume[tuple(slice(s, s + c) for s, c in zip(start, crop, strict=True))]
+    with warnings.catch_warnings():  # read-only view: torch warns, but we only ever read it
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(region)
     if region.shape == tuple(crop):
-        return region
-    pads = [((c - n) // 2, c - n - (c - n) // 2) for n, c in zip(region.shape, crop, strict=True)]
-    return np.pad(region, pads, mode="constant", constant_values=pad_value)
+        return src.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    out = torch.full(tuple(crop), float(pad_value), dtype=torch.float32)
+    inner = tuple(slice((c - n) // 2, (c - n) // 2 + n) for n, c in zip(region.shape, crop, strict=True))
+    out[inner] = src
+    return out
+
+
+def _background(volume: np.ndarray, meta: dict) -> float:
+    """Padding value: the volume's minimum (air / background after normalisation).
+
+    Taken from the ``value_range`` ingest records when present; numpy's float16 min is slow.
+    """
+    value_range = meta.get("value_range")
+    if isinstance(value_range, list | tuple) and len(value_range) == 2:
+        return float(value_range[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(torch.from_numpy(volume).min())
 
 
 # ----------------------------------------------------------------------------- the stream
@@ -343,11 +366,14 @@ class DomainStream(IterableDataset):
             rng = worker_rng if self.resampled else np.random.default_rng(derive_seed("crop", self.seed, self.epoch, self.domain, key))
             pad = self.pad_value
             if pad is None and any(s < c for s, c in zip(volume.shape, self.crop_size, strict=True)):
-                pad = float(volume.min())
+                pad = _background(volume, meta)
             for _ in range(self.crops_per_volume):
                 crop = extract_crop(volume, crop_starts(volume.shape, self.crop_size, rng), self.crop_size, pad or 0.0)
                 self.stats["crops"] += 1
-                yield {"image": torch.from_numpy(crop[None]), "domain": self.domain, "key": key}
+                yield {"image": crop[None], "domain": self.domain, "key": key}
+        if self.stats["bad_shards"] or self.stats["bad_samples"]:  # finite pass over: one summary line
+            log.warning("domain %r (rank %d, worker %d): pass ended with %d volumes read, %d shards and %d samples skipped",
+                        self.domain, rank, worker, self.stats["volumes"], self.stats["bad_shards"], self.stats["bad_samples"])
 
     def __iter__(self) -> Iterator[Sample]:
         import webdataset as wds
@@ -362,7 +388,8 @@ class DomainStream(IterableDataset):
             stages.append(keep)
         if self.shuffle_buffer > 1:
             rng = random.Random(derive_seed("samples", self.seed, self.epoch, rank, worker, self.domain))
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
+            # Start yielding at a quarter full: the first sample needs 4 reads, not 16.
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=max(2, self.shuffle_buffer // 4), rng=rng))
         stages.append(lambda samples: self._crops(samples, rank, worker))
         if self.crop_shuffle > 1:
             rng = random.Random(derive_seed("crop-order", self.seed, self.epoch, rank, worker, self.domain))

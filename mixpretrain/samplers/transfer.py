@@ -48,8 +48,9 @@ class TransferSampler(MixtureSampler):
         "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
         "explore_block": 1,  # observations per boosted domain during exploration
         "dither": 0.15,  # persistent multiplicative perturbation (log-normal sigma) after exploration
-        "warmup_fraction": 0.02,  # drop points before this share of total_budget
+        "warmup_fraction": 0.05,  # drop points before this share of total_budget
         "min_points": 6,  # usable points before the first fit
+        "fit_on": "val",  # val (train as fallback until min_points val points) | both (val and train points together)
         "refit_every": 2,  # usable observations between refits
         "smoothing": 0.5,  # EMA weight of a new optimum in the target allocation
         "max_change": 0.15,  # max change of any domain's target weight per refit
@@ -88,6 +89,9 @@ class TransferSampler(MixtureSampler):
             raise SamplerError(f"sampler 'transfer' option 'prior': expected uniform or proportional, got {o['prior']!r}")
         if o["prior"] == "proportional" and self.available is None:
             raise SamplerError("sampler 'transfer' option prior='proportional' needs option 'available'")
+        if o["fit_on"] not in ("val", "both"):
+            raise SamplerError(f"sampler 'transfer' option 'fit_on': expected val or both, got {o['fit_on']!r}")
+        self.fit_on = o["fit_on"]
         self.explore_fraction = self._opt_float("explore_fraction", 0.0, 1.0)
         self.explore_strength = self._opt_float("explore_strength", 0.0, 1.0)
         self.explore_block = self._opt_int("explore_block", 1)
@@ -126,14 +130,16 @@ class TransferSampler(MixtureSampler):
             self._thin()
             self.counters["usable"] += 1
             fit_split = self._fit_split()
-            if split == fit_split and self._count(fit_split) >= self.min_points and self._due(fit_split):
+            if fit_split in ("both", split) and self._count(fit_split) >= self.min_points and self._due(fit_split):
                 self._refit(step, consumed, fit_split)
         self._w = self._next_weights(consumed)
 
     def _count(self, split: str) -> int:
-        return sum(1 for p in self.points if p["split"] == split)
+        return sum(1 for p in self.points if split in ("both", p["split"]))
 
     def _fit_split(self) -> str:
+        if self.fit_on == "both":
+            return "both"
         return "val" if self._count("val") >= self.min_points else "train"
 
     def _due(self, split: str) -> bool:
@@ -151,7 +157,7 @@ class TransferSampler(MixtureSampler):
 
     # ------------------------------------------------------------------ refit
     def _data(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        pts = [p for p in self.points if p["split"] == split]
+        pts = [p for p in self.points if split in ("both", p["split"])]
         D = np.asarray([p["D"] for p in pts], dtype=np.float64)
         L = np.asarray([[np.nan if v is None else v for v in p["L"]] for p in pts], dtype=np.float64)
         return D, L

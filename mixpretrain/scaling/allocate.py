@@ -137,13 +137,15 @@ def _result(fit: LawFit, budget: float, w: np.ndarray, val: float, lam: np.ndarr
     pred = fit.predict(budget * w)
     prop_l = fit.predict(budget * prop)
     obj_prop = float(np.sum(lam * prop_l / ref))
-    E = fit.params["E"]
-    red_opt = float(np.sum(lam * (pred - E) / (ref - E)))
-    red_prop = float(np.sum(lam * (prop_l - E) / (ref - E)))
+    # Reducible loss L - E, normalised like the objective; a domain already at its floor E adds nothing.
+    room = ref - fit.params["E"]
+    scale = np.where(room > 0, lam / np.where(room > 0, room, 1.0), 0.0)
+    red_opt = float(np.sum(scale * (pred - fit.params["E"])))
+    red_prop = float(np.sum(scale * (prop_l - fit.params["E"])))
     return Allocation(
         domains=fit.domains, budget=float(budget), weights=w, predicted=pred, objective=val,
         gain_vs_proportional=1.0 - val / obj_prop, gain_vs_uniform=1.0 - val,  # the uniform mixture's objective is 1 by construction
-        proportional=prop, reducible_gain_vs_proportional=1.0 - red_opt / red_prop,
+        proportional=prop, reducible_gain_vs_proportional=1.0 - red_opt / red_prop if red_prop > 0 else 0.0,
     )
 
 

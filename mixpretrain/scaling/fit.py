@@ -52,6 +52,7 @@ class _Target:
     lower: np.ndarray
     upper: np.ndarray
     d_ref: float
+    l_min: float = 1.0  # smallest observed loss: E is fitted as a fraction of it (any loss scale is well conditioned)
     ridge: float = 0.0  # weight of the pull of T toward 0 and gamma toward 1 (weakly identified fits)
 
 
@@ -64,8 +65,7 @@ class _Model:
         self.k = k
         self._key: bytes | None = None
         self._cache: tuple = ()
-        with np.errstate(divide="ignore"):
-            self.log_u = np.log(t.delta / t.d_ref)
+        self.log_u = np.log(t.delta / t.d_ref)  # delta >= 1: finite
         self.log_v = np.log(1.0 / t.d_ref)
 
     def full(self, theta: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ class _Model:
             return self._cache
         t, k = self.t, self.k
         f = self.full(theta)
-        E, logA, alpha = f[0], f[1], f[2]
+        E, logA, alpha = f[0] * t.l_min, f[1], f[2]
         T, g, logR = f[3 : 3 + k], f[3 + k : 3 + 2 * k], f[-1]
         if np.isfinite(t.unique_own) and t.free[-1]:
             De, _, dDe_dlogR = effective_data(t.D_own, t.unique_own, np.exp(logR))
@@ -110,12 +110,12 @@ class _Model:
         k, t = self.k, self.t
         alpha, T = f[2], f[3 : 3 + k]
         J = np.empty((len(pred), len(f)))
-        J[:, 0] = 1.0
+        J[:, 0] = t.l_min
         J[:, 1] = q
         J[:, 2] = -q * np.log(x)
         c = -alpha * q / x
         J[:, 3 : 3 + k] = c[:, None] * S
-        J[:, 3 + k : 3 + 2 * k] = c[:, None] * (T * t.d_ref * (ug * np.nan_to_num(self.log_u, neginf=0.0) - vg * self.log_v))
+        J[:, 3 + k : 3 + 2 * k] = c[:, None] * (T * t.d_ref * (ug * self.log_u - vg * self.log_v))
         J[:, -1] = c * dDe_dlogR
         J /= pred[:, None]
         J = J[:, t.free]
@@ -191,12 +191,8 @@ def _plan_target(j: int, D: np.ndarray, L: np.ndarray, domains: tuple[str, ...],
     if family == "power":
         rows &= D[:, j] > 0  # a pure own-data law cannot describe runs without own data
     name = domains[j]
+    _check_own(rows, D[:, j], name)
     n = int(rows.sum())
-    if n < 4 or len(np.unique(D[rows, j])) < 3:
-        raise ValueError(
-            f"domain {name}: {n} runs with a loss and {len(np.unique(D[rows, j]))} distinct sample counts; "
-            "need at least 4 runs and 3 distinct counts of its own samples to fit E, A, alpha"
-        )
     free_T = np.zeros(k, bool)
     free_g = np.zeros(k, bool)
     notes: list[str] = []
@@ -228,7 +224,19 @@ def _plan_target(j: int, D: np.ndarray, L: np.ndarray, domains: tuple[str, ...],
     if n < n_free + 2 and free_T.any():
         notes.append(f"domain {name}: {n} runs are too few for {n_free} parameters; transfer terms dropped (power law)")
         free_T[:] = False
+    if not free_T.any():  # an own-data law cannot describe runs without own data
+        rows = rows & (D[:, j] > 0)
+        _check_own(rows, D[:, j], name)
     return rows, free_T, free_g, notes
+
+
+def _check_own(rows: np.ndarray, d_own: np.ndarray, name: str) -> None:
+    n, distinct = int(rows.sum()), len(np.unique(d_own[rows]))
+    if n < 4 or distinct < 3:
+        raise ValueError(
+            f"domain {name}: {n} usable runs with a loss and {distinct} distinct counts of its own samples; "
+            "need at least 4 runs and 3 distinct counts to fit E, A, alpha"
+        )
 
 
 def _build_target(j: int, rows: np.ndarray, free_T: np.ndarray, free_g: np.ndarray, fit_r: bool, D: np.ndarray,
@@ -245,16 +253,17 @@ def _build_target(j: int, rows: np.ndarray, free_T: np.ndarray, free_g: np.ndarr
     base[3 + k : 3 + 2 * k] = 1.0
     base[-1] = np.log(r_src[j])
     min_l = float(np.min(L[rows, j]))
-    lower = np.concatenate([[0.0, BOUNDS["logA"][0], BOUNDS["alpha"][0]], np.full(k, BOUNDS["T"][0]),
+    log_l = np.log(min_l)  # log A bounds follow the loss scale
+    lower = np.concatenate([[0.0, log_l + BOUNDS["logA"][0], BOUNDS["alpha"][0]], np.full(k, BOUNDS["T"][0]),
                             np.full(k, BOUNDS["gamma"][0]), [BOUNDS["logR"][0]]])
-    upper = np.concatenate([[min_l * (1 - 1e-6), BOUNDS["logA"][1], BOUNDS["alpha"][1]], np.full(k, BOUNDS["T"][1]),
+    upper = np.concatenate([[1 - 1e-6, log_l + BOUNDS["logA"][1], BOUNDS["alpha"][1]], np.full(k, BOUNDS["T"][1]),
                             np.full(k, BOUNDS["gamma"][1]), [BOUNDS["logR"][1]]])
     return _Target(j=j, logL=np.log(L[rows, j]), delta=1.0 + De, D_own=Dr[:, j], unique_own=float(unique[j]),
-                   free=free, base=base, lower=lower, upper=upper, d_ref=d_ref, ridge=ridge)
+                   free=free, base=base, lower=lower, upper=upper, d_ref=d_ref, l_min=min_l, ridge=ridge)
 
 
 def _cold_starts(model: _Model) -> list[np.ndarray]:
-    """A grid of starts, ordered by their initial Huber cost (cheap to evaluate, costly to polish)."""
+    """A grid of 24 starts (E fraction x alpha x T level); _solve_target polishes the cheapest few."""
     t = model.t
     k = model.k
     L = np.exp(t.logL)
@@ -265,14 +274,14 @@ def _cold_starts(model: _Model) -> list[np.ndarray]:
         for alpha in (0.08, 0.25, 0.6):
             for t0 in t_grid:
                 f = t.base.copy()
-                f[0], f[2] = e_frac * min_l, alpha
+                f[0], f[2] = e_frac, alpha
                 f[3 : 3 + k] = np.where(t.free[3 : 3 + k], t0, 0.0)
                 f[3 + k : 3 + 2 * k] = np.where(t.free[3 + k : 3 + 2 * k], 0.9, 1.0)
                 theta = f[t.free]
                 x = model._forward(theta)[4]
                 # Choose log A so the law passes through the data's median in log space.
-                resid = np.log(np.maximum(L - f[0], 1e-9 * min_l)) + alpha * np.log(x)
-                f[1] = float(np.clip(np.median(resid), *BOUNDS["logA"]))
+                resid = np.log(np.maximum(L - e_frac * min_l, 1e-9 * min_l)) + alpha * np.log(x)
+                f[1] = float(np.clip(np.median(resid), t.lower[1], t.upper[1]))
                 cands.append(np.clip(f[t.free], t.lower[t.free], t.upper[t.free]))
     return cands
 
@@ -291,13 +300,15 @@ def _solve_target(t: _Target, starts: list[np.ndarray], n_polish: int, huber: fl
                             x_scale="jac", method="trf", max_nfev=200, xtol=1e-10, ftol=1e-10)
         if res.cost < best_cost:
             best, best_cost = res.x, res.cost
-    return model.full(best)
+    full = model.full(best)
+    full[0] *= t.l_min  # back from a fraction of the smallest loss to a loss
+    return full
 
 
 def _init_vector(init: LawFit, t: _Target, k: int) -> np.ndarray:
     p, j = init.params, t.j
     f = t.base.copy()
-    f[0], f[1], f[2] = p["E"][j], np.log(p["A"][j]), p["alpha"][j]
+    f[0], f[1], f[2] = p["E"][j] / t.l_min, np.log(p["A"][j]), p["alpha"][j]
     f[3 : 3 + k] = np.where(t.free[3 : 3 + k], p["T"][:, j], 0.0)
     f[3 + k : 3 + 2 * k] = np.where(t.free[3 + k : 3 + 2 * k], p["gamma"][:, j], 1.0)
     if t.free[-1]:
@@ -316,6 +327,9 @@ def _fit_family(D: np.ndarray, L: np.ndarray, domains: tuple[str, ...], family: 
         rows, free_T, free_g, n = _plan_target(j, D, L, domains, family)
         plans.append((rows, free_T, free_g))
         notes += n
+    if family in ("linear", "transfer") and not any(p[1].any() for p in plans):
+        notes.append(f"no transfer term is identifiable for any domain: falling back from {family} to the power family")
+        family = "power"
     uniq = unique if (family == "repetition" and unique is not None) else np.full(k, np.inf)
     fit_r = np.isfinite(uniq) & np.array([np.any(D[plans[j][0], j] > uniq[j]) for j in range(k)])
     if family == "repetition":
@@ -419,11 +433,11 @@ def _select(D: np.ndarray, L: np.ndarray, domains: tuple[str, ...], candidates: 
     for fam in candidates:
         try:
             fits[fam], _ = _fit_family(D, L, domains, fam, unique, None, d_ref, n_starts, huber)
-            scores[fam] = _aicc(fits[fam], D, L)
+            scores[fam] = float(_aicc(fits[fam], D, L))
         except ValueError as exc:
             errors[fam] = str(exc)
     if not scores:
-        raise ValueError("no law family could be fitted: " + "; ".join(errors.values()))
+        raise ValueError("no law family could be fitted: " + "; ".join(dict.fromkeys(errors.values())))
     chosen = min(scores, key=scores.get)
     return chosen, {"method": "AICc (no held-out budgets)", "scores": scores, "errors": errors, "chosen": chosen}, fits
 
@@ -464,6 +478,7 @@ def fit_laws(D: Any, L: Any, domains: Any, family: str = "auto", unique: Any = N
     if family == "repetition" and (uniq is None or not np.isfinite(uniq).any()):
         raise ValueError("family 'repetition' needs unique data counts (unique={domain: n} / --unique ct=N,...)")
     init = _coerce_init(init, domains, notes)
+    user_init = init is not None
     if d_ref is None:
         d_ref = init.params["d_ref"] if init is not None else float(10 ** np.round(np.log10(np.median(D[D > 0]))))
     b = D.sum(axis=1)
@@ -478,10 +493,10 @@ def fit_laws(D: Any, L: Any, domains: Any, family: str = "auto", unique: Any = N
         elif uniq is not None:
             notes.append("no run exceeds any domain's unique data: the repetition family is not a candidate")
         family, selection, pre = _select(D, L, domains, candidates, uniq, d_ref, n_starts, huber_scale, notes)
-        init = pre.get(family) if init is None or init.family != family else init
+        if init is None or init.family != family:
+            # Start from the held-out fit, and from the best cold start too: it saw fewer runs.
+            init, n_starts = pre.get(family), max(n_starts or 0, 2)
     fit, fam_notes = _fit_family(D, L, domains, family, uniq, init, d_ref, n_starts, huber_scale, ridge)
-    if family != "power" and not np.any(fit.params["T"] > 0) and all("unidentifiable" in n or "dropped" in n for n in fam_notes) and fam_notes:
-        fam_notes.append(f"no transfer term is identifiable: the {family} law reduces to per-domain power laws")
     notes += fam_notes
     fit.selection = selection
     fit.warnings = notes
@@ -492,7 +507,7 @@ def fit_laws(D: Any, L: Any, domains: Any, family: str = "auto", unique: Any = N
         "train_mean_abs_log_error": _log_error(fit, D, L),
         "huber_scale": huber_scale,
         "ridge": ridge,
-        "warm_start": init is not None,
+        "warm_start": user_init,
         "unique": None if uniq is None else [None if not np.isfinite(u) else float(u) for u in uniq],
         "seconds": 0.0,
     }

@@ -70,6 +70,12 @@ def _as_params(params: dict[str, Any], k: int) -> dict[str, Any]:
     out["d_ref"] = float(params["d_ref"])
     out["T"] = out["T"].copy()
     np.fill_diagonal(out["T"], 0.0)  # a domain does not transfer to itself: its own term is delta_j
+    for key, ok in (("E", out["E"] >= 0), ("A", out["A"] > 0), ("alpha", out["alpha"] > 0), ("T", out["T"] >= 0),
+                    ("gamma", out["gamma"] > 0), ("r_star", out["r_star"] > 0), ("unique", out["unique"] > 0)):
+        if not np.all(ok):  # NaN fails too
+            raise ValueError(f"law params '{key}': out of range or not a number: {out[key].tolist()}")
+    if not out["d_ref"] > 0:
+        raise ValueError(f"law params 'd_ref': must be > 0, got {out['d_ref']}")
     return out
 
 

@@ -205,6 +205,10 @@ def test_sources_local_list_pattern_http_and_pipe(datasets: dict[int, Path], htt
     assert _all_keys([f"pipe:cat {u}" for u in local]) == expected
     # resampled over http too
     assert len(_take(DomainStream(http_root, "ct", crop_size=8), 12)) == 12
+    # a failing pipe: command and an http 404 are bad shards: logged, counted, skipped
+    broken = DomainStream([f"pipe:cat {u}" for u in local] + ["pipe:cat /nonexistent/x.tar", http_root + "ct/nope.tar"],
+                          "ct", split="train", resampled=False, crop_size=8)
+    assert Counter(s["key"] for s in broken) == expected and broken.stats["bad_shards"] == 2, broken.errors
 
 
 def test_bad_sources_fail_early_with_the_name(datasets: dict[int, Path], tmp_path: Path) -> None:

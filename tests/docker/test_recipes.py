@@ -67,10 +67,11 @@ def test_dockerfile_targets() -> None:
     assert "torch==${TORCH_VERSION}" in stages["cpu"] and "download.pytorch.org/whl/cpu" in stages["cpu"]
     assert re.search(r"ARG TORCH_VERSION=2\.13\.0", stages["cpu"])
     assert "DS_ACCELERATOR=cpu" in stages["cpu"]
-    assert "DS_BUILD_FUSED_ADAM=1" in stages["cuda"]
-    # CPU ops build with -march=native: never pre-built into an image that travels
-    assert "DS_BUILD_CPU_ADAM=1" not in text and "DS_BUILD_SHM_COMM=1" not in text
-    assert re.search(r"apt-get install .*g\+\+", stages["cpu"]), "cpu: DeepSpeed JIT-compiles its shm op"
+    # GPU op built for CUDA even though `docker build` sees no GPU; CPU_ADAM compiles with
+    # -march=native and is never pre-built into an image that travels.
+    assert re.search(r"DS_ACCELERATOR=cuda \S*\s*DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1", stages["cuda"])
+    assert "DS_BUILD_CPU_ADAM=1" not in text
+    assert "DS_BUILD_SHM_COMM=1" in stages["cpu"]  # needed by the CPU accelerator's process group
     for name, body in stages.items():
         assert "--no-build-isolation" in body, f"{name}: deepspeed must build against the installed torch"
         assert "pip install --no-deps ." in body, f"{name}: the package is installed from setup.py"

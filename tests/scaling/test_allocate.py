@@ -36,18 +36,27 @@ def test_allocation_near_true_optimum(world4):
     np.testing.assert_allclose(ours.predicted, fit.predict(budget * ours.weights))
 
 
-def test_allocation_beats_a_fine_grid_on_a_nonconvex_world():
-    """Strongly concave transfer (gamma 0.3-0.5) makes the objective non-convex; multi-start SLSQP must
-    match a brute-force search over a 1/400 grid of the 3-simplex."""
-    world = make_world(3, seed=21, hub=1, island=None, gamma=(0.3, 0.5))
+def test_allocation_escapes_a_local_minimum():
+    """Superlinear transfer (gamma 1-1.5, T x 5.8) makes the objective non-convex: SLSQP from the uniform
+    mixture stops at an interior local minimum, while the optimum puts everything on the hub. Multi-start
+    allocation must match a brute-force search over a 1/400 grid of the 3-simplex."""
+    from scipy.optimize import minimize
+
+    world = make_world(3, seed=90, hub=1, gamma=(1.0, 1.5))
+    world.params["T"] *= 5.773
     budget = 20000.0
+    ref = world.predict(np.full(3, budget / 3))
     n = 400
     a, b = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
     keep = a + b <= n
     W = np.stack([a[keep], b[keep], n - a[keep] - b[keep]], axis=1) / n
-    ref = world.predict(np.full(3, budget / 3))
     grid = np.mean(world.predict(budget * W) / ref, axis=1).min()
-    assert allocate(world, budget).objective <= grid + 1e-9
+    single = minimize(lambda w: np.mean(world.predict(budget * np.clip(w, 0, None)) / ref), np.full(3, 1 / 3),
+                      method="SLSQP", bounds=[(0, 1)] * 3, constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}])
+    assert single.fun > grid + 1e-3  # the trap is real
+    ours = allocate(world, budget)
+    assert ours.objective <= grid + 1e-9
+    assert ours.weights[1] > 0.99
 
 
 def test_caps_floor_importance(world4):

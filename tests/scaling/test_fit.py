@@ -144,3 +144,18 @@ def test_grad_matches_finite_differences(world3):
         step = np.eye(3)[i] * eps
         num = (world.predict(D + step) - world.predict(D - step)) / (2 * eps)
         np.testing.assert_allclose(g[i], num, rtol=1e-5, atol=1e-12)
+
+
+def test_huber_fit_shrugs_off_outliers(world3):
+    """Two runs with a broken evaluation (loss x1.6) barely move the fit, thanks to the Huber loss."""
+    world, D, L = world3
+    bad = L.copy()
+    bad[[10, 25], 0] *= 1.6
+    clean = fit_laws(D, L, world.domains, family="transfer", log_warnings=False)
+    robust = fit_laws(D, bad, world.domains, family="transfer", log_warnings=False)
+    squared = fit_laws(D, bad, world.domains, family="transfer", huber_scale=10.0, log_warnings=False)
+    Dt = pilot_design(3, [4 * max(BUDGETS)], np.random.default_rng(1))
+    ref = clean.predict(Dt)[:, 0]
+    err_robust = np.median(np.abs(robust.predict(Dt)[:, 0] / ref - 1))
+    err_squared = np.median(np.abs(squared.predict(Dt)[:, 0] / ref - 1))
+    assert err_robust < 0.01 and err_squared > 3 * err_robust  # plain least squares is dragged off

@@ -38,6 +38,17 @@ def _deepspeed(config: Path, *overrides: str) -> list[str]:
             "--config", str(config), *overrides]
 
 
+def _torchrun(config: Path, *overrides: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(LAUNCH),
+            "--config", str(config), *overrides]
+
+
+def _tail(res: subprocess.CompletedProcess) -> str:
+    """The end of a failed run's output, without DeepSpeed's INFO chatter."""
+    lines = [x for x in (res.stdout + res.stderr).splitlines() if " INFO " not in x and "[INFO]" not in x]
+    return "\n".join(lines[-60:])
+
+
 def _python(config: Path, *overrides: str) -> list[str]:
     return [sys.executable, str(LAUNCH), "--config", str(config), *overrides]
 
@@ -55,7 +66,7 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out, sampler={"name": "uniform"},
                       train={"max_steps": 6, "checkpoint_every": 3, "eval_every": 3})
     res = _run(_python(cfg))
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, _tail(res)
     recs = _records(out / "metrics.jsonl")
     assert [r["step"] for r in recs] == list(range(1, 7))
     for key in ("step", "samples", "consumed", "weights", "lr", "samples_per_s", "data_wait", "loss"):
@@ -66,7 +77,7 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
 
     # Same command with a longer horizon: resumes at step 6 and continues to 8.
     res = _run(_python(cfg, "train.max_steps=8"))
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, _tail(res)
     assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 9))
 
     # A changed config is refused, naming the keys, before anything runs.
@@ -96,15 +107,15 @@ def test_bad_config_key_fails_before_any_process_group(phantom_shards: Path, tmp
 def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out,
-                      train={"max_steps": 24, "checkpoint_every": 8, "eval_every": 4, "zero_stage": 1})
-    # First attempt: SIGKILL the whole launcher process group once it is past the step-8 checkpoint.
+                      train={"max_steps": 16, "checkpoint_every": 6, "eval_every": 4, "zero_stage": 1})
+    # First attempt (deepspeed launcher): SIGKILL the whole process group once past the step-6 checkpoint.
     proc = subprocess.Popen(_deepspeed(cfg), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    marker, metrics = out / "checkpoints" / "step00000008" / "COMPLETE", out / "metrics.jsonl"
+    marker, metrics = out / "checkpoints" / "step00000006" / "COMPLETE", out / "metrics.jsonl"
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if marker.is_file() and metrics.is_file() and _records(metrics)[-1]["step"] >= 10:
+            if marker.is_file() and metrics.is_file() and _records(metrics)[-1]["step"] >= 8:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -112,28 +123,28 @@ def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = _records(metrics)[-1]["step"]
-    assert 10 <= killed_at < 24
-    saved = json.loads((out / "checkpoints" / "step00000008" / "meta.json").read_text())
+    assert 8 <= killed_at < 16
+    saved = json.loads((out / "checkpoints" / "step00000006" / "meta.json").read_text())
 
-    # Same command again: continues from step 8 with the sampler state saved there.
-    res = _run(_deepspeed(cfg))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # Run again (torchrun this time): continues from step 6 with the sampler state saved there.
+    res = _run(_torchrun(cfg))
+    assert res.returncode == 0, _tail(res)
     events = [r for r in _records(out / "sampler.jsonl") if r.get("event") == "resume"]
-    assert [e["step"] for e in events] == [8]
+    assert [e["step"] for e in events] == [6]
     assert events[0]["sampler_state_sha256"] == saved["sampler_state_sha256"]
     recs = _records(metrics)
-    assert [r["step"] for r in recs] == list(range(1, 25))  # records after step 8 were replaced
+    assert [r["step"] for r in recs] == list(range(1, 17))  # records after step 6 were replaced
     assert (out / "metrics.discarded.jsonl").is_file()
 
     # Training worked: loss fell, every domain was logged, the transfer sampler moved the weights.
     first = sum(r["loss"] for r in recs[:4]) / 4
     last = sum(r["loss"] for r in recs[-4:]) / 4
     assert last < first, (first, last)
-    assert all(f"loss/{d}" in " ".join(recs[-1]) or any(f"loss/{d}" in r for r in recs[-4:]) for d in DOMAINS)
-    assert all(f"val/{d}" in recs[23] for d in DOMAINS)
+    assert all(any(f"loss/{d}" in r for r in recs) and recs[-1]["consumed"][d] > 0 for d in DOMAINS)
+    assert all(f"val/{d}" in recs[15] for d in DOMAINS)
     w0, w1 = recs[0]["weights"], recs[-1]["weights"]
     assert max(abs(w0[d] - w1[d]) for d in DOMAINS) > 0.05
-    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 24 * 4 * 2
+    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 16 * 4 * 2
     assert recs[-1]["weights_lag_batches"] <= 2 * 1 + 1  # num_workers x prefetch_factor + 1
     diag = [r for r in _records(out / "sampler.jsonl") if "phase" in r]
     assert diag and diag[-1]["domains"] == list(DOMAINS)

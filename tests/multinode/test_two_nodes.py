@@ -1,0 +1,134 @@
+"""Two nodes on one machine: two launcher processes (docker/entrypoint.sh -> deepspeed --no_ssh,
+node rank 0 and 1, loopback rendezvous) run a few CPU training steps of launch/pretrain.py on
+phantom shards; every rank must hold the same per-domain metrics, and those must be the sums of
+what each rank saw."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PRETRAIN = REPO / "launch" / "pretrain.py"
+PROBE = Path(__file__).with_name("rank_probe.py")
+MICRO_BATCH, STEPS, NODES = 2, 4, 2
+DOMAINS = ["ct", "mri", "pet"]
+
+pytestmark = pytest.mark.skipif(not PRETRAIN.is_file(), reason=f"{PRETRAIN} does not exist yet (trainer, issue 6)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mixpretrain.data.synth import write_phantom_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_phantom_shards(out, DOMAINS, cases=6, size=24, seed=1)  # the data of `mixpretrain synth`
+    return out
+
+
+def write_config(path: Path, shards: Path, output_dir: Path) -> Path:
+    cfg = {
+        "output_dir": str(output_dir),
+        "data": {"shards": str(shards), "crop_size": [16, 16, 16], "crops_per_volume": 2, "num_workers": 0,
+                 "shuffle_buffer": 4, "val_crops_per_domain": 2},
+        "model": {"preset": "tiny", "patch_size": 8},
+        "sampler": {"name": "odm", "update_every": 1},  # an online sampler: weights change every step
+        "train": {"max_steps": STEPS, "micro_batch_size": MICRO_BATCH, "warmup_steps": 1, "eval_every": 2,
+                  "checkpoint_every": STEPS, "log_every": 1},
+        "logging": {"wandb": False, "progress_bar": False},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch_nodes(config: Path, probe_dir: Path, logs: Path) -> list[tuple[int, str]]:
+    """Start node 0 and node 1 through the container entrypoint; returns (rc, log) per node."""
+    port = str(free_port())
+    procs = []
+    for node in range(NODES):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOSTFILE")}
+        env.update(NNODES=str(NODES), NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                   NPROC_PER_NODE="1", MIXPRETRAIN_SCRIPT=str(PROBE), PROBE_DIR=str(probe_dir),
+                   DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline", TMPDIR=str(logs),
+                   PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
+        log = open(logs / f"node{node}.log", "w")  # noqa: SIM115 (closed below)
+        procs.append((subprocess.Popen(["bash", str(REPO / "docker" / "entrypoint.sh"), "--config", str(config)],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+    results = []
+    for proc, log in procs:
+        try:
+            rc = proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p, _ in procs:  # a hung rendezvous or collective: take both nodes down
+                os.killpg(p.pid, signal.SIGKILL)
+            rc = proc.wait()
+        log.close()
+        results.append((rc, Path(log.name).read_text()))
+    return results
+
+
+def read_probe(probe_dir: Path, rank: int) -> tuple[list[dict], list[dict]]:
+    lines = [json.loads(x) for x in (probe_dir / f"rank{rank}.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["kind"] == "meter"], [x["record"] for x in lines if x["kind"] == "log"]
+
+
+def test_two_nodes_agree_on_per_domain_metrics(shards: Path, tmp_path: Path) -> None:
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    config = write_config(tmp_path / "run.yaml", shards, out)
+    results = launch_nodes(config, probe, tmp_path)
+    for node, (rc, log) in enumerate(results):
+        assert rc == 0, f"node {node} exited {rc}:\n{log[-4000:]}"
+    assert all("exec: deepspeed" in log and "--no_ssh" in log for _, log in results)
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == NODES
+    meters = {r: read_probe(probe, r)[0] for r in range(NODES)}
+    logs = {r: read_probe(probe, r)[1] for r in range(NODES)}
+    assert len(meters[0]) == len(meters[1]) == STEPS
+
+    # Each step's global per-domain (loss sum, count) is the sum of both ranks' own values, and
+    # both ranks received the same result; both ranks trained on a full micro-batch.
+    for s in range(STEPS):
+        local = [np.asarray(meters[r][s]["local"]) for r in range(NODES)]
+        for r in range(NODES):
+            np.testing.assert_allclose(meters[r][s]["global"], local[0] + local[1], rtol=1e-12)
+            assert local[r][1].sum() == MICRO_BATCH
+        assert meters[0][s]["global"] == meters[1][s]["global"]
+
+    # The records every rank built hold the same per-domain metrics and consumption.
+    assert [x["step"] for x in logs[0]] == list(range(1, STEPS + 1)) == [x["step"] for x in logs[1]]
+    agreed = ("step", "samples", "consumed", "weights", "weights_version", "loss")
+    for a, b in zip(logs[0], logs[1], strict=True):
+        per_domain = sorted(k for k in a if k.startswith(("loss/", "val/")))
+        assert per_domain == sorted(k for k in b if k.startswith(("loss/", "val/")))
+        for key in (*agreed, *per_domain):
+            assert a[key] == b[key], f"step {a['step']}: {key} differs across ranks: {a[key]} vs {b[key]}"
+    last = logs[0][-1]
+    assert last["samples"] == STEPS * MICRO_BATCH * NODES
+    assert sum(last["consumed"].values()) == last["samples"]
+    assert any(k.startswith("val/") for k in last)
+
+    # Rank 0's metrics.jsonl is what every rank computed.
+    written = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [{k: w[k] for k in agreed} for w in written] == [{k: x[k] for k in agreed} for x in logs[1]]
+    first = written[0]
+    totals = np.sum([np.asarray(meters[r][0]["local"]) for r in range(NODES)], axis=0)
+    for i, d in enumerate(sorted(DOMAINS)):
+        if totals[1][i]:
+            assert first[f"loss/{d}"] == pytest.approx(totals[0][i] / totals[1][i], rel=1e-9)

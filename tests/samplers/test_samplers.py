@@ -1,0 +1,245 @@
+"""Sampler contract: registry, options, state round trip, determinism, robustness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mixpretrain.samplers import SamplerError, available_samplers, build, project_to_floor
+from mixpretrain.samplers.base import cap_fill
+
+DOMAINS = ["ct", "mri", "pet"]
+BUDGET = 30_000.0
+AVAILABLE = {"ct": 20_000, "mri": 6_000, "pet": 1_500}
+
+
+def options(name: str, seed: int = 0) -> dict:
+    common = {"seed": seed, "total_budget": BUDGET, "available": AVAILABLE, "floor": 0.02}
+    extra = {
+        "temperature": {"tau": 2.0, "max_epochs": 4},
+        "fixed": {"weights": {"ct": 0.5, "mri": 0.3, "pet": 0.2}},
+        "doremi": {"reference": {"ct": 0.3, "mri": 0.35, "pet": 0.4}},
+        # Small run: refit often, so the round trip crosses several refits.
+        "transfer": {"explore_fraction": 0.1, "min_points": 5, "refit_every": 1, "warmup_fraction": 0.02},
+    }
+    return {**common, **extra.get(name, {})}
+
+
+ALL = ["uniform", "proportional", "temperature", "fixed", "ado", "odm", "doremi", "transfer"]
+
+
+def true_loss(consumed: np.ndarray) -> np.ndarray:
+    """A small world with transfer ct -> mri and ct -> pet (pet learns mostly from ct)."""
+    eff = consumed + np.array([0.0, 0.5 * consumed[0], 0.8 * consumed[0]])
+    return np.array([0.3, 0.35, 0.4]) + 3.0 * (1.0 + eff) ** -0.35
+
+
+def drive(sampler, start: int, stop: int, per_step: float = 500.0, consumed=None, noise: float = 0.005):
+    """Feed observations for steps start+1..stop; val every 2nd step. Returns (weights list, consumed)."""
+    consumed = np.zeros(3) if consumed is None else consumed.copy()
+    out = []
+    for step in range(start + 1, stop + 1):
+        w = sampler.weights()
+        out.append(w.copy())
+        consumed = consumed + w * per_step
+        rng = np.random.default_rng(step)
+        loss = true_loss(consumed) * np.exp(noise * rng.standard_normal(3))
+        sampler.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "train")
+        if step % 2 == 0:
+            sampler.observe(step, consumed, dict(zip(DOMAINS, true_loss(consumed).tolist(), strict=True)), "val")
+    return out, consumed
+
+
+def assert_valid(w: np.ndarray, floor: float) -> None:
+    assert w.shape == (3,)
+    assert np.all(np.isfinite(w)), w
+    assert np.all(w >= floor - 1e-12), (w, floor)
+    assert math.isclose(float(w.sum()), 1.0, abs_tol=1e-9), w
+
+
+def test_registry_lists_builtins() -> None:
+    names = available_samplers()
+    for name in ALL:
+        assert name in names
+
+
+def test_unknown_sampler_names_valid_ones() -> None:
+    with pytest.raises(SamplerError, match=r"unknown sampler 'nope'.*proportional.*transfer"):
+        build("nope", DOMAINS)
+
+
+def test_unknown_option_names_valid_ones() -> None:
+    with pytest.raises(SamplerError, match=r"unknown options \['taux'\].*'tau'"):
+        build("temperature", DOMAINS, available=AVAILABLE, taux=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "match"),
+    [
+        ("uniform", {"floor": 0.5}, "floor"),
+        ("proportional", {}, "available"),
+        ("proportional", {"available": {"ct": 1, "mri": 2}}, "missing domains"),
+        ("proportional", {"available": {"ct": 1, "mri": 2, "pet": -1}}, "finite and >= 0"),
+        ("transfer", {}, "total_budget"),
+        ("fixed", {}, "exactly one"),
+        ("doremi", {}, "reference"),
+        ("temperature", {"available": AVAILABLE, "tau": 0}, "tau"),
+        ("transfer", {"total_budget": 10.0, "family": "cubic"}, "family"),
+    ],
+)
+def test_bad_options_are_named(name: str, opts: dict, match: str) -> None:
+    with pytest.raises(SamplerError, match=match):
+        build(name, DOMAINS, **opts)
+
+
+def test_bad_observations_are_named() -> None:
+    s = build("uniform", DOMAINS)
+    with pytest.raises(SamplerError, match="unknown domains"):
+        s.observe(1, [1, 1, 1], {"xray": 0.3}, "val")
+    with pytest.raises(SamplerError, match="3 domains"):
+        s.observe(1, [1, 1], {}, "val")
+    with pytest.raises(SamplerError, match="split"):
+        s.observe(1, [1, 1, 1], {}, "test")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_round_trip_continues_identically(name: str) -> None:
+    a = build(name, DOMAINS, **options(name))
+    _, consumed = drive(a, 0, 24)
+    state = json.loads(json.dumps(a.state_dict(), allow_nan=False))  # strict JSON, as stored in checkpoints
+    b = build(name, DOMAINS, **options(name))
+    b.load_state_dict(state)
+    assert np.array_equal(a.weights(), b.weights())
+    wa, _ = drive(a, 24, 40, consumed=consumed)
+    wb, _ = drive(b, 24, 40, consumed=consumed)
+    assert np.array_equal(np.array(wa), np.array(wb))
+    assert a.state_dict() == b.state_dict() or name == "transfer"  # transfer's refit record holds timings
+    json.dumps(a.diagnostics(), allow_nan=False)
+
+
+def test_transfer_round_trip_state_matches_except_timings() -> None:
+    a = build("transfer", DOMAINS, **options("transfer"))
+    _, consumed = drive(a, 0, 20)
+    b = build("transfer", DOMAINS, **options("transfer"))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    drive(a, 20, 30, consumed=consumed)
+    drive(b, 20, 30, consumed=consumed)
+    sa, sb = a.state_dict(), b.state_dict()
+    for s in (sa, sb):
+        s["last_refit"].pop("seconds", None)
+        s["fit_state"]["stats"].pop("seconds", None)
+    assert sa == sb
+    assert a.counters["accepted"] >= 2
+
+
+def test_load_state_of_other_sampler_is_refused() -> None:
+    state = build("uniform", DOMAINS).state_dict()
+    with pytest.raises(SamplerError, match="saved by sampler 'uniform'"):
+        build("odm", DOMAINS).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["transfer", "odm", "ado"])
+def test_deterministic_by_seed(name: str) -> None:
+    runs = []
+    for seed in (3, 3, 4):
+        s = build(name, DOMAINS, **options(name, seed))
+        runs.append(np.array(drive(s, 0, 30)[0]))
+    assert np.array_equal(runs[0], runs[1])
+    if name == "transfer":  # exploration order and dither depend on the seed
+        assert not np.array_equal(runs[0], runs[2])
+
+
+def _robustness_losses(case: str, step: int) -> dict:
+    if case == "nan_inf":
+        return {"ct": float("nan"), "mri": float("inf"), "pet": -float("inf")} if step % 2 else {"ct": 0.5, "mri": float("nan")}
+    if case == "missing":
+        return {} if step % 3 == 0 else {DOMAINS[step % 3]: 0.5 + 0.1 / step}
+    if case == "constant":
+        return dict.fromkeys(DOMAINS, 0.7)
+    if case == "rising":
+        return {d: 0.3 + 0.01 * step * (i + 1) for i, d in enumerate(DOMAINS)}
+    if case == "zero_and_negative":
+        return {"ct": 0.0, "mri": -1.0, "pet": 1e-300}
+    if case == "huge":
+        return {"ct": 1e300, "mri": 1e-300, "pet": 1e6}
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("case", ["nan_inf", "missing", "constant", "rising", "zero_and_negative", "huge"])
+def test_robust_weights(name: str, case: str) -> None:
+    s = build(name, DOMAINS, **options(name))
+    consumed = np.zeros(3)
+    for step in range(1, 41):
+        w = s.weights()
+        assert_valid(w, 0.02)
+        consumed = consumed + w * 750
+        split = "val" if step % 2 == 0 else "train"
+        s.observe(step, consumed, _robustness_losses(case, step), split)
+    assert_valid(s.weights(), 0.02)
+    json.dumps(s.state_dict(), allow_nan=False)
+    json.dumps(s.diagnostics(), allow_nan=False)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_domain_without_data_keeps_the_floor(name: str) -> None:
+    available = {"ct": 20_000, "mri": 6_000, "pet": 0}
+    opts = {**options(name), "available": available}
+    s = build(name, DOMAINS, **opts)
+    consumed = np.zeros(3)
+    for step in range(1, 31):
+        w = s.weights()
+        assert_valid(w, 0.02)
+        consumed = consumed + w * 1000
+        consumed[2] = 0.0  # the domain never yields a sample, so it never has a loss
+        loss = true_loss(consumed)
+        s.observe(step, consumed, {"ct": loss[0], "mri": loss[1]}, "val" if step % 2 == 0 else "train")
+    assert_valid(s.weights(), 0.02)
+
+
+def test_project_to_floor_keeps_ratios_above_floor() -> None:
+    w = project_to_floor(np.array([0.6, 0.3, 0.1, 0.0]), 0.05)
+    assert w[3] == pytest.approx(0.05)
+    assert w[0] / w[1] == pytest.approx(2.0)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(project_to_floor(np.array([np.nan, -1.0, np.inf]), 0.1), 1 / 3)
+
+
+def test_temperature_respects_unimax_cap() -> None:
+    s = build("temperature", DOMAINS, available=AVAILABLE, total_budget=BUDGET, tau=1.0, max_epochs=2, floor=0.0)
+    w = s.weights()
+    caps = 2 * np.array([20_000, 6_000, 1_500]) / BUDGET
+    assert np.all(w <= caps + 1e-12)
+    assert np.allclose(cap_fill(np.array([0.9, 0.05, 0.05]), np.array([0.5, 1.0, 1.0])), [0.5, 0.25, 0.25])
+    inf = build("temperature", DOMAINS, available=AVAILABLE, tau="inf", floor=0.0).weights()
+    assert np.allclose(inf, 1 / 3)
+
+
+def test_fixed_reads_laws_json_allocation(tmp_path) -> None:
+    from mixpretrain.scaling import LawFit, allocate
+
+    k = 3
+    fit = LawFit(family="transfer", domains=tuple(DOMAINS),
+                 params={"E": [0.3] * k, "A": [3.0] * k, "alpha": [0.3] * k, "T": np.full((k, k), 0.2),
+                         "gamma": np.ones((k, k)), "d_ref": 1e4})
+    alloc = allocate(fit, BUDGET)
+    path = tmp_path / "laws.json"
+    path.write_text(json.dumps({**fit.to_dict(), "allocation": alloc.to_dict()}))
+    w = build("fixed", DOMAINS, laws=str(path), floor=0.0).weights()
+    assert np.allclose(w, alloc.weights / alloc.weights.sum())
+    with pytest.raises(SamplerError, match="does not exist"):
+        build("fixed", DOMAINS, laws=str(tmp_path / "missing.json"))
+
+
+def test_doremi_reference_from_a_runs_metrics(tmp_path) -> None:
+    lines = [{"step": 1, "loss/ct": 1.0}, {"step": 10, "val/ct": 0.5, "val/mri": 0.6, "val/pet": 0.7},
+             {"step": 20, "val/ct": 0.4, "val/mri": 0.5, "val/pet": 0.6}, {"step": 21, "loss/ct": 0.9}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    s = build("doremi", DOMAINS, reference=str(tmp_path))
+    assert s.diagnostics()["reference"] == {"ct": 0.4, "mri": 0.5, "pet": 0.6}
+    # pet is far above its reference: DoReMi moves weight to it.
+    s.observe(1, [10, 10, 10], {"ct": 0.4, "mri": 0.5, "pet": 1.6}, "train")
+    assert np.argmax(s.weights()) == 2
