@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mixpretrain.models import build_mae, mae_forward_flops, masked_patch_loss, patchify, train_flops  # noqa: E402
 
 DEFAULTS = {  # per device: preset, image, batch, timed steps per round, warm-up steps, precision
-    "cuda": dict(preset="base", img=[128], batch=64, steps=10, warmup=5, precision="bf16"),
+    "cuda": dict(preset="base", img=[128], batch=64, steps=20, warmup=5, precision="bf16"),
     "cpu": dict(preset="small", img=[64], batch=4, steps=2, warmup=1, precision="fp32"),
 }
 
@@ -231,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
                 if t:
                     r.times.append(t)
     if dev == "cuda":
-        for r in runners:  # peak memory of one more step, per model
+        for r in runners:  # memory one more step needs beyond what is resident (both models' weights)
             if not r.error:
+                r.opt.zero_grad(set_to_none=True)
+                resident = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
                 if _guarded(r, lambda r=r: r.run(x, 1)):
-                    r.peak_mem_gb = torch.cuda.max_memory_allocated() / 2**30
+                    r.step_mem_gb = (torch.cuda.max_memory_allocated() - resident) / 2**30
     peak = max(peak, measure_peak(dev, args.peak_n)[0])  # again after timing: on a shared machine load may hit one
     report(args, runners, failed, peak, peak_what, sizes, steps)
     return 0
@@ -271,35 +274,41 @@ def report(args: argparse.Namespace, runners: list[Runner], failed: dict[str, st
         sps = args.batch / t
         tflops = sps * r.flops / 1e12
         rows[r.name] = {
-            "step_s": round(t, 5), "samples_per_s": round(sps, 3), "tflops": round(tflops, 3),
+            "step_s": round(t, 5), "median_step_s": round(statistics.median(r.times), 5),
+            "samples_per_s": round(sps, 3), "tflops": round(tflops, 3),
             "mfu": round(tflops * 1e12 / peak, 4), "gflop_per_sample": round(r.flops / 1e9, 3),
             "params_m": round(r.params / 1e6, 2), "loss": round(r.last_loss, 4),
             "rounds_s": [round(v, 5) for v in r.times],
         }
-        if hasattr(r, "peak_mem_gb"):
-            rows[r.name]["peak_mem_gb"] = round(r.peak_mem_gb, 2)
+        if hasattr(r, "step_mem_gb"):
+            rows[r.name]["step_mem_gb"] = round(r.step_mem_gb, 2)
     ours, monai = rows.get("ours", {}), rows.get("monai", {})
     ratio = (ours["samples_per_s"] / monai["samples_per_s"]
              if "samples_per_s" in ours and "samples_per_s" in monai else None)
+    median_ratio = (monai["median_step_s"] / ours["median_step_s"]
+                    if "median_step_s" in ours and "median_step_s" in monai else None)
     summary = {
         "device": dev, "device_name": name, "torch": torch.__version__, "monai": _monai_version(),
         "peak_tflops": round(peak / 1e12, 2), "peak_measured_with": peak_what, "preset": args.preset,
         "img": list(args.img), "patch": args.patch, "batch": args.batch, "mask_ratio": args.mask_ratio,
         "precision": args.precision, "compile": args.compile, "steps_per_round": steps, "rounds": args.rounds,
         "sizes": sizes, "models": rows, "ratio_vs_monai": None if ratio is None else round(ratio, 3),
+        "ratio_vs_monai_median": None if median_ratio is None else round(median_ratio, 3),
     }
     print(f"device: {name} | torch {torch.__version__} | peak {peak / 1e12:.2f} TFLOP/s ({peak_what})")
     print(f"config: {args.preset} img {args.img} patch {args.patch} batch {args.batch} mask {args.mask_ratio} "
           f"{args.precision}{' compiled' if args.compile else ''} | {args.rounds} rounds x {steps} steps, best round")
     table = [f"{'model':<6} {'samples/s':>10} {'step ms':>9} {'TFLOP/s':>8} {'MFU':>6} {'GFLOP/smp':>10} "
-             f"{'params M':>9}"]
+             f"{'params M':>9} {'step GB':>8}"]
     for k, v in rows.items():
         if "error" in v:
             table.append(f"{k:<6} {v['error']}")
         else:
             table.append(f"{k:<6} {v['samples_per_s']:>10.2f} {v['step_s'] * 1e3:>9.1f} {v['tflops']:>8.3f} "
-                         f"{v['mfu']:>6.1%} {v['gflop_per_sample']:>10.1f} {v['params_m']:>9.1f}")
-    table.append(f"ratio ours/MONAI (samples/s): {'n/a' if ratio is None else f'{ratio:.2f}x'}")
+                         f"{v['mfu']:>6.1%} {v['gflop_per_sample']:>10.1f} {v['params_m']:>9.1f} "
+                         f"{v.get('step_mem_gb', float('nan')):>8.2f}")
+    table.append(f"ratio ours/MONAI (samples/s): {'n/a' if ratio is None else f'{ratio:.2f}x'} best round"
+                 f"{'' if median_ratio is None else f', {median_ratio:.2f}x median round'}")
     print("\n".join(table))
     if args.json:
         print(json.dumps(summary))

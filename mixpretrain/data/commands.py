@@ -75,11 +75,16 @@ def _run_ingest(args: argparse.Namespace) -> int:
         cases = cases_from_manifest(args.manifest)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    summary = ingest(
-        cases, args.out, spacing=args.spacing, workers=args.workers, val_fraction=args.val_fraction,
-        overwrite=args.overwrite, frames=args.frames, shard_size=args.shard_size, dtype=args.dtype,
-        codec=args.codec, progress=not args.no_progress,
-    )
+    try:
+        summary = ingest(
+            cases, args.out, spacing=args.spacing, workers=args.workers, val_fraction=args.val_fraction,
+            overwrite=args.overwrite, frames=args.frames, shard_size=args.shard_size, dtype=args.dtype,
+            codec=args.codec, progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: finished shards are recorded in {args.out}/index.json; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     for domain, s in summary.items():
         print(f"{domain} ({s['modality']}): {s['written']} written, {s['already']} already ingested, {s['skipped']} skipped")
         for f in s["skipped_files"]:

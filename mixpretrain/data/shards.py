@@ -231,7 +231,8 @@ class ShardWriter:
     """Write samples of one domain and split into ``<out_dir>/<domain>/<split>-NNNNNN.tar``.
 
     Each shard is written as ``.<name>.tmp`` and renamed when complete, so a crash never leaves a
-    truncated shard under a final name. Without ``overwrite`` numbering continues after the
+    truncated shard under a final name (temp files a killed run left are removed on open: one
+    writer per domain and split at a time). Without ``overwrite`` numbering continues after the
     highest existing shard of this split (nothing is replaced); with ``overwrite`` numbering
     starts at 0 and, on :meth:`close`, shards of this split left from earlier runs are removed.
 
@@ -271,6 +272,11 @@ class ShardWriter:
         self.domain_dir.mkdir(parents=True, exist_ok=True)
         existing = _shard_numbers(self.domain_dir, split)
         self._next = 0 if overwrite or not existing else existing[-1] + 1
+        # Temp shards of this split can only be leftovers of a killed run (one writer per
+        # domain and split at a time): they were never renamed, so nothing references them.
+        for stale in self.domain_dir.glob(f".{split}-*.tar.tmp"):
+            log.info("removing %s left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
         self._written: list[dict] = []
         self._popped = 0
         self._tar: Any = None

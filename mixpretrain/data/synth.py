@@ -49,8 +49,8 @@ CONTRASTS: dict[str, tuple[float, ...]] = {
     "t1": (0.0, 1.0, 0.35, 0.04, 0.55, 0.42, 0.45, 0.08, 0.75, 0.85, 0.12, 0.30),
     "t2": (0.0, 0.80, 0.25, 0.03, 0.30, 0.55, 0.60, 0.05, 0.45, 0.10, 1.00, 0.90),
     "pet": (0.0, 0.25, 0.8, 0.15, 1.6, 1.3, 3.0, 0.6, 0.9, 1.2, 8.0, 6.0),
-    # island domain: blob "tissues" with their own contrast
-    "cells": (0.0, 0.2, 0.5, 0.9, 0.35, 0.7, 1.0, 0.05, 0.6, 0.8, 0.45, 0.25),
+    # island domain: cytoplasm types (muscle, liver, spleen labels), nucleus (kidney), wall (bone)
+    "cells": (0.0, 0.2, 0.6, 0.9, 0.3, 0.45, 0.9, 1.3, 0.6, 0.8, 0.45, 0.25),
 }
 
 # Modality of each contrast, as ingest and index.json know it.
@@ -242,16 +242,24 @@ def torso_anatomy(subject: int, shape: tuple[int, int, int], seed: int = 0) -> t
 
 
 def cells_anatomy(subject: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Island anatomy: a field of random blobs of several 'cell types', no torso at all."""
+    """Island anatomy: a packed tissue of polyhedral cells (Voronoi), with walls and nuclei.
+
+    Sharp, high-frequency, repetitive structure that nothing in the torso has: what a model
+    learns here helps the torso domains little, and vice versa.
+    """
+    from scipy.spatial import cKDTree
+
     rng = _rng("cells", seed, subject)
-    x, y, z = _grid(shape, rng, warp=0.15)
-    labels = np.full(shape, FAT, dtype=np.uint8)  # background matrix
-    for _ in range(int(rng.integers(40, 70))):
-        c = rng.uniform(-1, 1, size=3)
-        r = rng.uniform(0.08, 0.3, size=3)
-        labels[_ellipsoid(x, y, z, c, r)] = int(rng.choice([MUSCLE, LUNG, LIVER, SPLEEN, KIDNEY, BLADDER]))
+    x, y, z = _grid(shape, rng, warp=0.08)
+    n = int(rng.integers(150, 350))
+    centres = rng.uniform(-1.2, 1.2, size=(n, 3))
+    dist, idx = cKDTree(centres).query(np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1), k=2)
+    cytoplasm = np.array([LIVER, SPLEEN, MUSCLE], dtype=np.uint8)[rng.integers(0, 3, size=n)]
+    labels = cytoplasm[idx[:, 0]]
+    labels[dist[:, 0] < rng.uniform(0.05, 0.09, size=n)[idx[:, 0]]] = KIDNEY  # nucleus
+    labels[dist[:, 1] - dist[:, 0] < 0.04] = BONE  # cell wall: near the bisector of two centres
     texture = _smooth_field(rng, shape, coarse=max(4, shape[0] // 4))
-    return labels, texture
+    return labels.reshape(shape), texture
 
 
 ANATOMIES = {"torso": torso_anatomy, "cells": cells_anatomy}

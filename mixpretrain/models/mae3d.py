@@ -104,7 +104,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _check_heads(name: str, width: int, heads: int) -> None:
+def _check_heads(name: str, width: int, heads: int, depth: int) -> None:
+    if depth <= 0:
+        raise ValueError(f"{name}: depth must be positive, got {depth}")
     if width <= 0 or heads <= 0 or width % heads:
         raise ValueError(f"{name}: width {width} must be a positive multiple of heads {heads}")
     if (width // heads) % 8:
@@ -163,7 +165,7 @@ class MAEEncoder(nn.Module):
         self.grid_size: Size3 = grid_shape(self.img_size, self.patch_size)
         if in_chans <= 0:
             raise ValueError(f"in_chans must be positive, got {in_chans}")
-        _check_heads("encoder", width, heads)
+        _check_heads("encoder", width, heads, depth)
         self.in_chans, self.width, self.depth, self.heads = in_chans, width, depth, heads
         self.mlp_ratio, self.qkv_bias, self.norm_eps = float(mlp_ratio), bool(qkv_bias), float(norm_eps)
         self.num_patches = math.prod(self.grid_size)
@@ -227,7 +229,7 @@ class MAE3D(nn.Module):
         super().__init__()
         self.encoder = MAEEncoder(img_size, patch_size, in_chans, width, depth, heads, mlp_ratio, qkv_bias,
                                   norm_eps, activation_checkpointing)
-        _check_heads("decoder", decoder_width, decoder_heads)
+        _check_heads("decoder", decoder_width, decoder_heads, decoder_depth)
         n_masked(self.encoder.num_patches, mask_ratio)  # validates the ratio for this grid
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.decoder_width, self.decoder_depth = decoder_width, decoder_depth
@@ -256,6 +258,12 @@ class MAE3D(nn.Module):
 
     def unpatchify(self, p: torch.Tensor) -> torch.Tensor:
         return unpatchify(p, self.patch_size, self.grid_size, self.in_chans)
+
+    def config(self) -> dict[str, Any]:
+        """Plain, JSON-able description of the whole model (encoder metadata + decoder + loss)."""
+        return dict(self.encoder.config(), decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
+                    decoder_heads=self.decoder_heads, decoder_mlp_ratio=self.decoder_mlp_ratio,
+                    mask_ratio=self.mask_ratio, norm_pix_loss=self.norm_pix_loss)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.encoder.stack.activation_checkpointing = enabled

@@ -286,7 +286,7 @@ def _cold_starts(model: _Model) -> list[np.ndarray]:
     return cands
 
 
-def _solve_target(t: _Target, starts: list[np.ndarray], n_polish: int, huber: float) -> np.ndarray:
+def _solve_target(t: _Target, starts: list[np.ndarray], n_polish: int, huber: float, max_nfev: int = 200) -> np.ndarray:
     model = _Model(t)
     lo, hi = t.lower[t.free], t.upper[t.free]
     # Strictly inside the bounds: least_squares' trust region starts need it.
@@ -297,7 +297,7 @@ def _solve_target(t: _Target, starts: list[np.ndarray], n_polish: int, huber: fl
     best, best_cost = starts[order[0]], np.inf
     for idx in order:
         res = least_squares(model.fun, starts[idx], jac=model.jac, bounds=(lo, hi), loss="huber", f_scale=huber,
-                            x_scale="jac", method="trf", max_nfev=200, xtol=1e-10, ftol=1e-10)
+                            x_scale="jac", method="trf", max_nfev=max_nfev, xtol=1e-8, ftol=1e-8)
         if res.cost < best_cost:
             best, best_cost = res.x, res.cost
     full = model.full(best)
@@ -350,7 +350,8 @@ def _fit_family(D: np.ndarray, L: np.ndarray, domains: tuple[str, ...], family: 
             starts = [_init_vector(init, t, k)] if warm else []
             if not warm or polish > 1:
                 starts += _cold_starts(model)
-            full[j] = _solve_target(t, starts, polish, huber)
+            # A warm refit that stops early resumes at the next refit: cap its work (online refit latency).
+            full[j] = _solve_target(t, starts, polish, huber, 100 if warm and polish == 1 else 200)
         new_r = np.array([np.exp(full[j][-1]) if fit_r[j] else DEFAULT_R_STAR for j in range(k)])
         if np.allclose(new_r, r_src, rtol=1e-2):
             break

@@ -202,3 +202,29 @@ def test_manifest_missing_column(tmp_path):
     path.write_text("path,domain\nx.nii,d\n")
     with pytest.raises(ValueError, match="lacks column"):
         cases_from_manifest(path)
+
+
+def test_interrupted_ingest_leaves_only_complete_indexed_shards(tmp_path, real_data_dir):
+    """Ctrl-C mid-run: no partial shard is left and the index lists exactly the shards on disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "mixpretrain.cli", "ingest", "--input", str(real_data_dir / "mri"),
+           "--modality", "mri", "--domain", "m", "--out", str(out), "--shard-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "m" / "train-000000.tar").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err  # the run was still going: 15 scans, one shard each
+    assert "run the same command again to resume" in err
+    assert not list((out / "m").glob("*.tmp")) and S.orphans(out) == []
+    index = S.load_index(out)["domains"]["m"]
+    assert 1 <= index["samples"] < 15 and len(index["cases"]) == index["samples"]
+    assert S.verify(out) == []

@@ -197,3 +197,13 @@ def test_safe_key():
     assert S.safe_key("sub-01/ses 2.nii") == "sub-01_ses_2_nii"
     with pytest.raises(ValueError):
         S.safe_key("...")
+
+
+def test_stale_temp_shards_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / "dom").mkdir()
+    stale = tmp_path / "dom" / ".train-000003.tar.tmp"
+    stale.write_bytes(b"half a shard")
+    other = tmp_path / "dom" / ".val-000000.tar.tmp"
+    other.write_bytes(b"x")
+    S.ShardWriter(tmp_path, "dom", "ct", "train").close()
+    assert not stale.exists() and other.exists()

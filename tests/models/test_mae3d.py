@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -205,6 +206,13 @@ def test_flops_match_torch_flop_counter():
     assert 90e9 < base.flops_per_sample() < 120e9  # ~100 GFLOP per 128^3 sample
 
 
+def test_config_is_plain_and_rebuilds():
+    m = tiny_mae()
+    cfg = m.config()
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert (cfg["img_size"], cfg["patch_size"], cfg["decoder_depth"]) == ([32, 16, 24], [8, 8, 8], 1)
+
+
 def test_presets_build():
     for preset, (w, d) in {"tiny": (192, 12), "small": (384, 12)}.items():
         m = build_mae(preset, img_size=(32, 32, 16), patch_size=16)
@@ -220,6 +228,7 @@ def test_presets_build():
         (dict(mask_ratio=1.0), "mask_ratio"),
         (dict(mask_ratio=0.0), "mask_ratio"),
         (dict(heads=3), "multiple of heads"),
+        (dict(decoder_depth=0), "decoder: depth must be positive"),
         (dict(img_size=(16, 16, 8), mask_ratio=0.9), "at least one"),
     ],
 )

@@ -34,10 +34,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mixpretrain.data.synth import write_phantom_shards
-
     out = tmp_path_factory.mktemp("shards")
-    write_phantom_shards(out, DOMAINS, cases=6, size=24, seed=1)  # the data of `mixpretrain synth`
+    cmd = [sys.executable, "-m", "mixpretrain.cli", "synth", "--out", str(out), "--domains", ",".join(DOMAINS),
+           "--cases", "6", "--size", "24", "--seed", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
     return out
 
 
