@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "SimpleITK>=2.3",  # NRRD / MHA / DICOM series reading (ITK)
     "pydicom>=2.4",  # DICOM header fields (PET SUV: dose, weight, timing)
     "zstandard>=0.22",  # volume codec inside shards (chosen by measurement, see RESULTS.md)
-    "blosc2>=2.6",  # default shard codec: LZ4HC+shuffle decodes ~7x faster than zstd (RESULTS.md)
+    "blosc2>=2.6",  # default shard codec: LZ4HC+shuffle decodes ~5x faster than zstd-3, smaller too (RESULTS.md)
     "tqdm>=4.66",  # progress bars
     "matplotlib>=3.8",  # report plots
 ]

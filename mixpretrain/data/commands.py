@@ -15,6 +15,15 @@ log = logging.getLogger(__name__)
 MODALITIES = ("ct", "mri", "pet")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults only where there is one worth showing (not None / False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     _register_ingest(sub)
     _register_synth(sub)
@@ -37,7 +46,7 @@ def _register_ingest(sub: argparse._SubParsersAction) -> None:
             "resumes: cases already in the index are skipped. Bad scans are logged, counted and "
             "recorded under 'skipped' in index.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="scan files or folders (recursive)")
@@ -103,7 +112,7 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         help="write procedural phantom domains (CT/MRI/PET-like) as shards, for tests and the demo",
         description="Procedural phantom volumes with modality-specific contrast sharing one anatomy, "
         "written through the same shard writer as ingest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--out", required=True, metavar="SHARDS_DIR", help="shards folder")
     p.add_argument("--domains", default="ct,mri,pet", help="comma-separated phantom domains")

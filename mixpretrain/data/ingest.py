@@ -275,7 +275,7 @@ def ingest(
         if summary[d]["already"]:
             log.info("domain %s: %d case(s) already ingested, resuming", d, summary[d]["already"])
     writers: dict[tuple[str, str], S.ShardWriter] = {}
-    meta_of: dict[str, dict] = {}
+    meta_of: dict[tuple[str, str], dict] = {}  # (domain, case id) -> split, source
     try:
         results = _ordered_results(todo, settings, frames, dtype, workers)
         for case, array, info in tqdm(results, total=len(todo), desc="ingest", unit="case", disable=not progress or None):
@@ -306,7 +306,7 @@ def _handle(case, array, info, out, writers, settings, val_fraction, shard_size,
         writers[key] = S.ShardWriter(out, d, case.modality, split, maxcount=shard_size, dtype=dtype, codec=codec)
     meta = {**info, "case_id": case.case_id}
     writers[key].write(case.case_id, array, meta)
-    meta_of[case.case_id] = {"split": split, "source": str(case.source)}
+    meta_of[(d, case.case_id)] = {"split": split, "source": str(case.source)}
     summary[d]["written"] += 1
     finished = writers[key].pop_finished()
     if finished:
@@ -316,7 +316,7 @@ def _handle(case, array, info, out, writers, settings, val_fraction, shard_size,
 def _record(out: Path, domain: str, settings: PreprocessSettings, shards: list[dict], meta_of: dict) -> None:
     if not shards:
         return
-    cases = {k: {**meta_of[k], "shard": s["file"]} for s in shards for k in s["keys"]}
+    cases = {k: {**meta_of[(domain, k)], "shard": s["file"]} for s in shards for k in s["keys"]}
     S.update_index(out, domain, settings.modality, shards=shards, spacing=list(settings.spacing),
                    preprocessing=settings.to_dict(), cases=cases)
 

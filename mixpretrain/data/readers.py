@@ -166,12 +166,10 @@ def _sitk_to_volume(img: Any, path: Any, frames: str, meta: dict) -> Volume:
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ReadError(f"{path}: vector image with {img.GetNumberOfComponentsPerPixel()} components per voxel")
     size = img.GetSize()
-    shape = _check_shape(path, size, frames)
-    if img.GetDimension() == 4:
+    _check_shape(path, size, frames)
+    if img.GetDimension() == 4:  # _check_shape allowed it: a single frame or frames="first"
         meta["frames"] = {"count": size[3], "used": 0}
         img = sitk.Extract(img, [*size[:3], 0], [0, 0, 0, 0])
-    elif img.GetDimension() != 3:
-        img = sitk.Extract(img, [*shape[:3]] + [0] * (img.GetDimension() - 3), [0] * img.GetDimension())
     array = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(np.float32)  # (z,y,x) -> (x,y,z)
     direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine_lps = np.eye(4)

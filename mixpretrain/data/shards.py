@@ -16,7 +16,7 @@ Each sample in a tar holds two entries with the same ``__key__`` (the case id):
 Decoding fills a numpy array from the decompressed bytes (``np.frombuffer`` or blosc2 straight
 into the array): no pickle is ever loaded, and no ``np.load`` of object arrays. The default
 (float16 + blosc2 LZ4HC/shuffle level 5) was chosen by measurement, see ``benchmarks/RESULTS.md``
-("shard codec"): about 7x faster to decode than zstd and smaller than zstd level 3.
+("shard codec"): about 5x faster to decode than zstd level 3, and smaller.
 """
 
 from __future__ import annotations

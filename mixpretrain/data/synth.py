@@ -91,11 +91,11 @@ class PhantomDomain:
 
 
 PRESETS: dict[str, PhantomDomain] = {
-    "ct": PhantomDomain("ct", "ct", noise=15.0, blur=0.5, texture=0.04),
-    "ct_lowdose": PhantomDomain("ct_lowdose", "ct", noise=70.0, blur=0.7, texture=0.04),
-    "mri": PhantomDomain("mri", "t1", noise=0.03, blur=0.3, bias=0.35, texture=0.08),
-    "mri_t1": PhantomDomain("mri_t1", "t1", noise=0.03, blur=0.3, bias=0.35, texture=0.08),
-    "mri_t2": PhantomDomain("mri_t2", "t2", noise=0.05, blur=0.3, bias=0.45, texture=0.08),
+    "ct": PhantomDomain("ct", "ct", noise=12.0, blur=0.5, texture=0.08),
+    "ct_lowdose": PhantomDomain("ct_lowdose", "ct", noise=60.0, blur=0.7, texture=0.08),
+    "mri": PhantomDomain("mri", "t1", noise=0.015, blur=0.3, bias=0.35, texture=0.25),
+    "mri_t1": PhantomDomain("mri_t1", "t1", noise=0.015, blur=0.3, bias=0.35, texture=0.25),
+    "mri_t2": PhantomDomain("mri_t2", "t2", noise=0.025, blur=0.3, bias=0.45, texture=0.25),
     "pet": PhantomDomain("pet", "pet", noise=0.5, blur=1.5, texture=0.15, lesion=1.0),
     "cells": PhantomDomain("cells", "cells", noise=0.03, blur=0.8, texture=0.2, anatomy="cells"),
 }
@@ -237,7 +237,10 @@ def torso_anatomy(subject: int, shape: tuple[int, int, int], seed: int = 0) -> t
             c = cand[rng.integers(len(cand))] / (np.array(shape) - 1) * 2 - 1
             lesion = _ellipsoid(x, y, z, c, [float(rng.uniform(0.04, 0.09))] * 3)
             labels[lesion & (labels == organ)] = LESION
-    texture = _smooth_field(rng, shape, coarse=max(4, shape[0] // 6))
+    # two scales of tissue texture (features of ~6 and ~3 voxels): real tissue is not flat, and
+    # this shared fine structure is what makes a masked patch predictable from its context
+    texture = _smooth_field(rng, shape, coarse=max(4, shape[0] // 6)) + _smooth_field(rng, shape, coarse=max(4, shape[0] // 3))
+    texture /= max(float(np.abs(texture).max()), 1e-6)
     return labels, texture
 
 

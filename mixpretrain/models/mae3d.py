@@ -204,12 +204,15 @@ class MAEEncoder(nn.Module):
         return self.forward_features(x).mean(dim=1)
 
     def forward_intermediates(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
-        """Raw outputs [B, N, width] of the blocks with 0-based indices ``layers`` (in block order)."""
+        """Raw outputs [B, N, width] of the blocks with 0-based indices ``layers``, in the order asked."""
         bad = [i for i in layers if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"forward_intermediates: layers {bad} out of range 0..{self.depth - 1}")
         check_input(x, self.in_chans, self.img_size, "MAEEncoder")
-        return self.stack(self.embed(patchify(x, self.patch_size)), keep=set(layers))[1]
+        wanted = sorted(set(layers))
+        kept = self.stack(self.embed(patchify(x, self.patch_size)), keep=wanted)[1]
+        by_layer = dict(zip(wanted, kept, strict=True))
+        return [by_layer[i] for i in layers]
 
     def tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, width] -> [B, width, gd, gh, gw] (a feature map for convolutional heads)."""

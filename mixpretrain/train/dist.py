@@ -69,12 +69,33 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
         device = torch.device(accel.device_name())
         backend = accel.communication_backend_name()  # gloo unless oneCCL is installed
     if not dist.is_initialized():
+        if device.type == "cpu":
+            _skip_shm_comm_op()
         deepspeed.init_distributed(dist_backend=backend)
         if device.type == "cpu":
             _unlink_shm_buffer()
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local, device, backend)
     log.info("rank %d/%d on %s (backend %s)", info.rank, info.world_size, device, backend)
     return info
+
+
+def _skip_shm_comm_op() -> None:
+    """On CPU, do not JIT-build DeepSpeed's shared-memory all-reduce op.
+
+    DeepSpeed serves only ``inference_all_reduce`` (tensor-parallel inference) with it, and
+    falls back to the process group's all-reduce without it; training never calls it. Building it
+    costs a C++ compile at first start (minutes on a busy 2-core machine, again whenever another
+    checkout shares the extension cache with other flags) and 69 MB of /dev/shm per rank that
+    DeepSpeed never frees. ``MIXPRETRAIN_DS_SHM_COMM=1`` keeps DeepSpeed's default.
+    """
+    if os.environ.get("MIXPRETRAIN_DS_SHM_COMM") == "1":
+        return
+    try:
+        import deepspeed.comm.torch as ds_torch
+    except ImportError:  # another DeepSpeed layout: keep its default
+        return
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
 
 
 def _unlink_shm_buffer() -> None:

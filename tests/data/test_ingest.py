@@ -228,3 +228,17 @@ def test_interrupted_ingest_leaves_only_complete_indexed_shards(tmp_path, real_d
     index = S.load_index(out)["domains"]["m"]
     assert 1 <= index["samples"] < 15 and len(index["cases"]) == index["samples"]
     assert S.verify(out) == []
+
+
+def test_same_case_id_in_two_domains_shares_the_split(tmp_path, real_data_dir):
+    rows = [
+        {"path": str(real_data_dir / "pet/juspace_FDOPA_f18.nii"), "modality": "pet", "domain": "pa", "case_id": "subj1"},
+        {"path": str(real_data_dir / "mri/pyradiomics_breast1_image.nrrd"), "modality": "mri", "domain": "mb",
+         "case_id": "subj1"},
+    ]
+    out = tmp_path / "shards"
+    ingest(cases_from_manifest(_manifest(tmp_path / "m.csv", rows)), out, val_fraction=0.5, progress=False)
+    domains = S.load_index(out)["domains"]
+    pa, mb = domains["pa"]["cases"]["subj1"], domains["mb"]["cases"]["subj1"]
+    assert pa["source"].endswith("FDOPA_f18.nii") and mb["source"].endswith("breast1_image.nrrd")
+    assert pa["split"] == mb["split"] == assign_split("subj1", 0.5)

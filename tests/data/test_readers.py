@@ -186,3 +186,16 @@ def test_tilt_correction_puts_anatomy_at_its_world_position(tmp_path, real_data_
         assert _value_at_world(vol, centre_ras + [0, 0, dz]) > 500, dz
     for offset in ([0, 0, 15.0], [0, 15.0, 0], [15.0, 0, 0], [0, 0, -15.0]):
         assert _value_at_world(vol, centre_ras + offset) < 200, offset
+
+
+def test_4d_and_vector_mha_through_simpleitk(tmp_path):
+    dyn = sitk.GetImageFromArray(np.random.default_rng(0).random((3, 5, 6, 7)).astype(np.float32), isVector=False)
+    sitk.WriteImage(dyn, str(tmp_path / "dyn.mha"))
+    with pytest.raises(ReadError, match="4-D image with 3 frames"):
+        read_volume(tmp_path / "dyn.mha")
+    vol = read_volume(tmp_path / "dyn.mha", frames="first")
+    assert vol.array.shape == (7, 6, 5) and vol.meta["frames"] == {"count": 3, "used": 0}
+    rgb = sitk.GetImageFromArray(np.zeros((5, 6, 7, 3), np.float32), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.mha"))
+    with pytest.raises(ReadError, match="vector image with 3 components"):
+        read_volume(tmp_path / "rgb.mha")

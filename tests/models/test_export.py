@@ -29,9 +29,11 @@ def test_export_reloads_with_identical_outputs(tmp_path, trained_mae):
         torch.testing.assert_close(enc(x), trained_mae.encoder(x), rtol=0, atol=0)
         assert enc.forward_pooled(x).shape == (2, 32)
         grid = enc.tokens_to_grid(enc.forward_features(x))
-        inter = enc.forward_intermediates(x, [0, 1])
+        inter = enc.forward_intermediates(x, [1, 0, 1])
     assert grid.shape == (2, 32, 4, 2, 3)
-    assert len(inter) == 2 and inter[0].shape == (2, 24, 32)
+    assert len(inter) == 3 and inter[0].shape == (2, 24, 32)
+    assert torch.equal(inter[0], inter[2]) and not torch.equal(inter[0], inter[1])  # order as asked
+    torch.testing.assert_close(enc.stack.norm(inter[0]), enc(x).detach())  # last block + norm = features
     assert enc.export_meta["step"] == 1 and enc.export_meta["domains"] == ["ct", "mr"]
     # The file is plain tensors + metadata: readable with weights_only=True.
     raw = torch.load(path, weights_only=True)
