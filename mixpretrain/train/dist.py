@@ -9,6 +9,7 @@ path whatever the world size.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -90,8 +91,8 @@ def _skip_shm_comm_op() -> None:
     """
     if os.environ.get("MIXPRETRAIN_DS_SHM_COMM") == "1":
         return
-    try:
-        import deepspeed.comm.torch as ds_torch
+    try:  # importlib: the attribute deepspeed.comm.torch is the torch package, not the submodule
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
     except ImportError:  # another DeepSpeed layout: keep its default
         return
     if hasattr(ds_torch, "build_shm_op"):
