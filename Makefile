@@ -37,10 +37,10 @@ docker-build:
 		echo "docker-build: no Docker engine reachable here (docker info failed); skipping the image build and smoke run"; \
 	else \
 		docker build -f docker/Dockerfile --target cpu -t mixpretrain:cpu . && \
-		docker run --rm mixpretrain:cpu bash -c 'set -e; \
+		docker run --rm --shm-size=1g mixpretrain:cpu bash -c 'set -e; echo "{}" > /tmp/smoke.yaml; \
 			mixpretrain synth --out /tmp/shards --domains ct,mri,pet --cases 4 --size 32; \
-			docker/entrypoint.sh --config configs/demo.yaml data.shards=/tmp/shards output_dir=/tmp/run \
-				train.max_steps=3 data.num_workers=1 logging.wandb=false logging.progress_bar=false; \
+			docker/entrypoint.sh --config /tmp/smoke.yaml data.shards=/tmp/shards output_dir=/tmp/run \
+				train.max_steps=3 train.eval_every=3 data.num_workers=1 logging.wandb=false logging.progress_bar=false; \
 			test -s /tmp/run/metrics.jsonl && tail -n 1 /tmp/run/metrics.jsonl'; \
 	fi
 

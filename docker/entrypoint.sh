@@ -64,10 +64,12 @@ NODE_RANK="${NODE_RANK:-${PET_NODE_RANK:-${SLURM_NODEID:-0}}}"
 MASTER_ADDR="${MASTER_ADDR:-${PET_MASTER_ADDR:-}}"
 MASTER_PORT="${MASTER_PORT:-${PET_MASTER_PORT:-29500}}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-${PET_NPROC_PER_NODE:-}}"
+# torchrun's symbolic counts (Kubeflow Trainer sets PET_NPROC_PER_NODE=auto): count GPUs below.
+[[ "$NPROC_PER_NODE" == "auto" || "$NPROC_PER_NODE" == "gpu" ]] && NPROC_PER_NODE=""
 
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-is_uint "$NNODES" && ((NNODES >= 1)) || die "NNODES='$NNODES' must be a positive integer"
-is_uint "$NODE_RANK" && ((NODE_RANK < NNODES)) || die "NODE_RANK='$NODE_RANK' must be an integer in [0, NNODES=$NNODES)"
+is_uint() { [[ "$1" =~ ^(0|[1-9][0-9]*)$ ]]; } # no leading zeros: bash reads 08 as bad octal
+{ is_uint "$NNODES" && ((NNODES >= 1)); } || die "NNODES='$NNODES' must be a positive integer"
+{ is_uint "$NODE_RANK" && ((NODE_RANK < NNODES)); } || die "NODE_RANK='$NODE_RANK' must be an integer in [0, NNODES=$NNODES)"
 is_uint "$MASTER_PORT" || die "MASTER_PORT='$MASTER_PORT' must be a port number"
 [[ -z "$NPROC_PER_NODE" ]] || { is_uint "$NPROC_PER_NODE" && ((NPROC_PER_NODE >= 1)); } ||
     die "NPROC_PER_NODE='$NPROC_PER_NODE' must be a positive integer"

@@ -98,7 +98,7 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
     """Shard URLs for one domain and split, and the sample count of each shard where known.
 
     ``source``: a shards dir (local, read via index.json), an http(s) URL of a shards dir or of its
-    index.json, one URL / path / brace pattern (``a-{000000..000003}.tar``, ``::``-separated), or
+    index.json (any http(s) URL that is not a ``.tar`` or a pattern), one URL / path / brace pattern (``a-{000000..000003}.tar``, ``::``-separated), or
     a list of URLs (local paths, ``http(s)://``, ``pipe:`` commands) taken as given.
     """
     if isinstance(source, str | Path) and Path(source).is_dir():
@@ -112,8 +112,8 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
         counts = {str(Path(source) / s["file"]): int(s["samples"]) for s in index["domains"][domain]["shards"]}
         return urls, {u: counts[u] for u in urls}
     if isinstance(source, str) and source.startswith(("http://", "https://")) and (
-        source.endswith("/") or source.endswith(INDEX_NAME)
-    ):
+        source.endswith(("/", INDEX_NAME)) or not (source.endswith(".tar") or "{" in source or "::" in source)
+    ):  # a shards dir over http: anything that is not a shard URL or pattern
         base, index = _remote_index(source)
         return _from_index(index, base + INDEX_NAME, domain, split, base)
     if isinstance(source, str | Path):

@@ -1,14 +1,15 @@
 """Procedural phantom domains: paired CT / MRI / PET-like volumes with shared anatomy.
 
 Every case is one *subject*: a torso with body wall, fat, lungs, liver, spleen, kidneys, a
-segmented spine, pelvis, aorta, bladder and a few lesions, deformed by a smooth random field,
-plus a smooth tissue-texture field. The subject depends only on ``(seed, subject id)``, so case
+segmented spine, pelvis, aorta, bladder, bowel loops and a few lesions, under a random pose and
+a smooth random warp, plus a two-scale tissue-texture field. The subject depends only on ``(seed, subject id)``, so case
 ``i`` has the same anatomy in every domain: the domains share structure (an encoder trained on
 one learns anatomy that helps the others) but differ in contrast, noise, blur and artefacts, so
 they also genuinely differ. Each domain is a :class:`PhantomDomain` whose knobs (noise, blur,
 bias field, texture, lesion contrast) set its difficulty and statistics; ``PRESETS`` holds named
-ones (``ct``, ``ct_lowdose``, ``mri``/``mri_t1``, ``mri_t2``, ``pet``, ``cells``). ``cells`` is an
-*island*: blob anatomy unrelated to the torso, little shared structure with the others.
+ones (``ct``, ``ct_lowdose``, ``mri``/``mri_t1``, ``mri_t2``, ``pet``, ``cells``). ``cells`` is meant as
+an *island*: a packed Voronoi cell tissue unrelated to the torso (``benchmarks/phantom_transfer.py``
+measures how much each domain actually helps each other one; see docs/data.md).
 
 Volumes are rendered, then normalised the way ingest normalises real scans of that modality
 (CT: HU window then scale; MRI: foreground percentile clip then z-score; PET: percentile

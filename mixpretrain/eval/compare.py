@@ -305,3 +305,21 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     if failed:
         log.error("%d run(s) failed: %s (logs in %s)", len(failed), ", ".join(failed), out / "logs")
     return result
+
+
+# ----------------------------------------------------------------------------- CLI (benchmarks/compare_samplers.py --pretrain)
+
+
+def cmd_compare(config: str, samplers: str | None = None, seeds: int | None = None, out: str | None = None,
+                launcher: str = "python", nproc: int = 1, as_json: bool = False, overrides: list[str] | None = None) -> int:
+    """Run the comparison and print the table (or the JSON result as the last line)."""
+    out_dir = Path(out) if out else Path("outputs/bench") / Path(config).stem / "compare"
+    names = [s.strip() for s in samplers.split(",") if s.strip()] if samplers else None
+    result = run_comparison(config, out_dir, samplers=names, seeds=seeds, launcher=launcher, nproc=nproc,
+                            overrides=overrides)
+    print(format_table(result))
+    print(f"\nruns: {out_dir}/runs, logs: {out_dir}/logs, plots: {', '.join(result['plots'])}; wall {result['wall_s']} s")
+    if as_json:
+        print(json.dumps(result))
+    failed = [n for n, s in result["runs"].items() if s["status"] == "failed"]
+    return 1 if failed else 0

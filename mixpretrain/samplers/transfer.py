@@ -38,11 +38,15 @@ from .baselines import repetition_caps
 
 log = logging.getLogger(__name__)
 
+AUTO_FAMILIES = ("power", "linear", "transfer")  # simplest first
+SELECT_TOL = 0.05  # a more complex family must forecast > 5% better than a simpler one
+SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
+
 
 class TransferSampler(MixtureSampler):
     name = "transfer"
     OPTIONS = {
-        "family": "transfer",  # law family for fit_laws: power | linear | transfer | repetition | auto
+        "family": "auto",  # auto (prequential choice among power, linear, transfer) or one family for fit_laws
         "prior": "uniform",  # centre of exploration and the mixture before the first fit: uniform | proportional
         "explore_fraction": 0.15,  # share of total_budget spent exploring
         "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
@@ -61,7 +65,8 @@ class TransferSampler(MixtureSampler):
         "max_points": 400,  # history kept for fitting (oldest usable points thinned beyond this)
         "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
     }
-    STATE_FIELDS = ("points", "target", "fit_state", "counters", "last_refit", "prev_consumed", "phase")
+    STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
+                    "prev_consumed", "phase")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -71,7 +76,11 @@ class TransferSampler(MixtureSampler):
         self.prior_w = self._prior()
         self._w = self.prior_w.copy()
         self.target = self.prior_w.copy()
-        self.fit_state: dict[str, Any] | None = None  # LawFit.to_dict() of the law in use
+        self.laws_state: dict[str, dict[str, Any]] = {}  # family -> LawFit.to_dict() of its current law
+        self._laws: dict[str, Any] = {}  # family -> LawFit (rebuilt from laws_state on load)
+        self.chosen: str | None = None  # the family in use
+        self.family_scores: dict[str, float] = {}  # EMA of each family's forecast error
+        self.scored: dict[str, Any] = {}  # split and last step already scored
         self.fit = None
         self.counters = {"refits": 0, "accepted": 0, "rejected": 0, "failed": 0, "usable": 0}
         self.last_refit: dict[str, Any] = {}
@@ -80,11 +89,16 @@ class TransferSampler(MixtureSampler):
 
     def _read_options(self) -> None:
         o = self.options
-        self.family = o["family"]
-        if self.family not in ("auto", "power", "linear", "transfer", "repetition"):
+        fam = o["family"]
+        families = ("power", "linear", "transfer", "repetition")
+        listed = [fam] if isinstance(fam, str) else list(fam) if isinstance(fam, list | tuple) else [None]
+        if fam != "auto" and (not listed or any(f not in families for f in listed)):
             raise SamplerError(
-                f"sampler 'transfer' option 'family': expected auto, power, linear, transfer or repetition, got {self.family!r}"
+                f"sampler 'transfer' option 'family': expected auto, one of {list(families)} or a list of them, got {fam!r}"
             )
+        if "repetition" in listed and self.available is None:
+            raise SamplerError("sampler 'transfer' family 'repetition' needs option 'available' (unique samples per domain)")
+        self.family = "auto" if fam == "auto" else tuple(listed)  # candidates, simplest first as given
         if o["prior"] not in ("uniform", "proportional"):
             raise SamplerError(f"sampler 'transfer' option 'prior': expected uniform or proportional, got {o['prior']!r}")
         if o["prior"] == "proportional" and self.available is None:
@@ -156,46 +170,84 @@ class TransferSampler(MixtureSampler):
                 self.points = [p for i, p in enumerate(self.points) if i not in drop]
 
     # ------------------------------------------------------------------ refit
-    def _data(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _data(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pts = [p for p in self.points if split in ("both", p["split"])]
         D = np.asarray([p["D"] for p in pts], dtype=np.float64)
         L = np.asarray([[np.nan if v is None else v for v in p["L"]] for p in pts], dtype=np.float64)
-        return D, L
+        return D, L, np.asarray([p["step"] for p in pts], dtype=np.int64)
 
     def _refit(self, step: int, consumed: np.ndarray, split: str) -> None:
-        from mixpretrain.scaling import fit_laws
-
-        D, L = self._data(split)
+        D, L, steps = self._data(split)
         t0 = time.perf_counter()
         self.counters["refits"] += 1
         info: dict[str, Any] = {"step": step, "split": split, "points": int(D.shape[0])}
-        try:
-            new = fit_laws(D, L, self.domains, family=self.family, init=self.fit, log_warnings=False,
-                           unique=self._unique(), **self.options["fit_options"])
-            if not np.all(np.isfinite(new.predict(D[-1:]))):
-                raise ValueError("fitted law predicts non-finite losses")
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as exc:
-            self.counters["failed"] += 1
-            info.update(accepted=False, reason=f"fit failed: {exc}", seconds=time.perf_counter() - t0)
-            self.last_refit = info
-            log.warning("sampler transfer: refit at step %d failed, keeping the previous law: %s", step, exc)
-            return
-        newest = slice(-self.compare_last, None)
-        err_new = _log_error(new, D[newest], L[newest])
-        err_old = _log_error(self.fit, D[newest], L[newest]) if self.fit is not None else np.inf
-        info.update(err_new=err_new, err_old=None if not np.isfinite(err_old) else err_old)
-        if err_new > err_old:
-            self.counters["rejected"] += 1
-            info.update(accepted=False, reason="worse than the previous law on the newest points")
-        else:
+        self._score_families(D, L, steps, split)
+        results = {fam: self._refit_family(fam, D, L) for fam in self._candidates()}
+        info["families"] = results
+        if any(r == "accepted" for r in results.values()):
             self.counters["accepted"] += 1
-            self.fit_state = _fit_to_state(new)
-            # Use the JSON round-tripped law, exactly what a resumed run restores.
-            self.fit = _law_from_state(self.fit_state)
-            info.update(accepted=True, family=new.family)
+        elif all(r.startswith("failed") for r in results.values()):
+            self.counters["failed"] += 1
+        else:
+            self.counters["rejected"] += 1
+        self.chosen = self._choose()
+        self.fit = self._laws.get(self.chosen) if self.chosen else None
+        info["family"] = self.chosen
         self._retarget(info)
         info["seconds"] = time.perf_counter() - t0
         self.last_refit = info
+
+    def _candidates(self) -> list[str]:
+        if self.family == "auto":
+            return list(AUTO_FAMILIES) + (["repetition"] if self.available is not None else [])
+        return list(self.family)
+
+    def _score_families(self, D: np.ndarray, L: np.ndarray, steps: np.ndarray, split: str) -> None:
+        """Prequential model selection: each family's current law is scored on the points that
+        arrived since it was fitted (a true forecast), EMA over refits. No extra fits needed."""
+        if self.scored.get("split") == split:
+            new = steps > self.scored.get("step", -1)
+            for fam, law in self._laws.items():
+                if new.any():
+                    err = _log_error(law, D[new], L[new])
+                    if np.isfinite(err):
+                        old = self.family_scores.get(fam)
+                        self.family_scores[fam] = err if old is None else (1 - SCORE_EMA) * old + SCORE_EMA * err
+        else:  # first refit, or the switch from training to validation points: scores restart
+            self.family_scores = {}
+        self.scored = {"split": split, "step": int(steps.max()) if steps.size else -1}
+
+    def _refit_family(self, family: str, D: np.ndarray, L: np.ndarray) -> str:
+        from mixpretrain.scaling import fit_laws
+
+        previous = self._laws.get(family)
+        try:
+            new = fit_laws(D, L, self.domains, family=family, init=previous, log_warnings=False,
+                           unique=self._unique(family), **self.options["fit_options"])
+            if not np.all(np.isfinite(new.predict(D[-1:]))):
+                raise ValueError("fitted law predicts non-finite losses")
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as exc:
+            log.debug("sampler transfer: %s refit failed, keeping the previous law: %s", family, exc)
+            return f"failed: {exc}"
+        newest = slice(-self.compare_last, None)
+        if previous is not None and _log_error(new, D[newest], L[newest]) > _log_error(previous, D[newest], L[newest]):
+            return "rejected: worse than the previous law on the newest points"
+        self.laws_state[family] = _fit_to_state(new)
+        # Use the JSON round-tripped law, exactly what a resumed run restores.
+        self._laws[family] = _law_from_state(self.laws_state[family])
+        return "accepted"
+
+    def _choose(self) -> str | None:
+        """The family with the best forecast score; the simplest within SELECT_TOL of it. Before
+        any family has a score, the simplest fitted one (fewest parameters, least to overfit)."""
+        fitted = [f for f in self._candidates() if f in self._laws]
+        if not fitted:
+            return None
+        scored = {f: self.family_scores[f] for f in fitted if f in self.family_scores}
+        if not scored:
+            return fitted[0]
+        best = min(scored.values())
+        return next(f for f in fitted if f in scored and scored[f] <= best * (1 + SELECT_TOL))
 
     def _retarget(self, info: dict[str, Any]) -> None:
         """Move the target allocation toward the law's optimum for the planned budget."""
@@ -218,9 +270,9 @@ class TransferSampler(MixtureSampler):
         self.target = project_to_floor(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floor)
         info["optimum"] = optimum.tolist()
 
-    def _unique(self) -> np.ndarray | None:
-        """Unique data for the repetition-aware families (a domain with none counts as 1 sample)."""
-        if self.available is None or self.family not in ("repetition", "auto"):
+    def _unique(self, family: str) -> np.ndarray | None:
+        """Unique data for the repetition family (a domain with none counts as 1 sample)."""
+        if self.available is None or family != "repetition":
             return None
         return np.maximum(self.available, 1.0)
 
@@ -252,7 +304,11 @@ class TransferSampler(MixtureSampler):
 
     # ------------------------------------------------------------------ state / diagnostics
     def _after_load(self) -> None:
-        self.fit = _law_from_state(self.fit_state) if self.fit_state else None
+        self.laws_state = dict(self.laws_state)
+        self._laws = {fam: _law_from_state(st) for fam, st in self.laws_state.items()}
+        self.fit = self._laws.get(self.chosen) if self.chosen else None
+        self.family_scores = dict(self.family_scores)
+        self.scored = dict(self.scored)
         self.counters = dict(self.counters)
         self.last_refit = dict(self.last_refit)
 
@@ -271,7 +327,8 @@ class TransferSampler(MixtureSampler):
 
         consumed = np.asarray(self.points[-1]["D"]) if self.points else np.full(self.k, 1.0)
         out["family"] = self.fit.family
-        out["params"] = self.fit_state["params"]
+        out["family_scores"] = to_jsonable(self.family_scores)
+        out["params"] = self.laws_state[self.chosen]["params"]
         out["transfer_matrix"] = to_jsonable(self.fit.transfer_matrix)
         try:
             hi = hubs_and_islands(self.fit, np.maximum(consumed, 1.0), importance=self.importance)

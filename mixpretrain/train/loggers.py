@@ -117,10 +117,14 @@ class WandbLogger:
             log.warning("logging.wandb=true but the wandb package is not installed: wandb logging is off")
             return
         mode = os.environ.get("WANDB_MODE") or ("online" if _logged_in(wandb) else "offline")
-        self.run = wandb.init(
-            project=cfg.logging.wandb_project, dir=cfg.output_dir, id=run_id, resume="allow", mode=mode,
-            config=config_to_dict(cfg), name=Path(cfg.output_dir).name,
-        )
+        try:
+            self.run = wandb.init(
+                project=cfg.logging.wandb_project, dir=cfg.output_dir, id=run_id, resume="allow", mode=mode,
+                config=config_to_dict(cfg), name=Path(cfg.output_dir).name,
+            )
+        except Exception as exc:  # wandb's service failing must not stop a training run
+            log.warning("wandb.init failed (%s: %s): wandb logging is off for this run", type(exc).__name__, exc)
+            return
         self._wandb = wandb
         log.info("wandb %s run %s in %s", mode, run_id, cfg.output_dir)
 

