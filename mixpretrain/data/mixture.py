@@ -12,6 +12,9 @@ is at most ``num_workers * prefetch_factor + 1`` batches later (``latency_bound`
 carries ``weights_version``, the oldest version any of its samples saw, so the trainer (and the
 test in ``tests/train/test_mixture.py``) can observe the delay instead of assuming it.
 
+Ranks. With at least as many shards as ranks, rank ``r`` reads only the shards ``r::world`` of
+each domain (disjoint across ranks); each of its workers resamples from that slice.
+
 Determinism. Worker ``w`` of rank ``r`` seeds its domain draws and its DomainStreams from
 ``(seed, rank, w, domain, resume_step)``: runs are reproducible, ranks and workers draw different
 samples, and a resumed run (new ``resume_step``) does not replay the data it saw before the
@@ -58,6 +61,7 @@ class MixtureStream(IterableDataset):
         weights: Sequence[float] | None = None,
         seed: int = 0,
         rank: int = 0,
+        world_size: int = 1,
         resume_step: int = 0,
         stream_kwargs: dict[str, Any] | None = None,
         stream_factory: StreamFactory | None = None,
@@ -67,7 +71,7 @@ class MixtureStream(IterableDataset):
             raise ValueError("MixtureStream needs at least one domain")
         self.source = source
         self.domains = tuple(domains)
-        self.seed, self.rank, self.resume_step = seed, rank, resume_step
+        self.seed, self.rank, self.world_size, self.resume_step = seed, rank, world_size, resume_step
         self.stream_kwargs = dict(stream_kwargs or {})
         self.stream_factory = stream_factory or _default_factory
         k = len(self.domains)
@@ -105,7 +109,23 @@ class MixtureStream(IterableDataset):
     def _open(self, d: int, worker: int) -> Iterator[dict[str, Any]]:
         seed = derive_seed(self.seed, self.rank, worker, self.domains[d], self.resume_step)
         stream = self.stream_factory(self.source, self.domains[d], seed=seed, **self.stream_kwargs)
+        self._own_shards(stream)
         return iter(stream)
+
+    def _own_shards(self, stream: Any) -> None:
+        """Give each rank a disjoint slice of the domain's shards (when there are enough).
+
+        Resampled streams draw from all their shards; with ``rank::world`` slices ranks never read
+        the same shard. With fewer shards than ranks every rank keeps all of them (overlap, logged).
+        """
+        urls = getattr(stream, "urls", None)
+        if self.world_size <= 1 or not isinstance(urls, list):
+            return
+        if len(urls) >= self.world_size:
+            stream.urls = urls[self.rank :: self.world_size]
+        elif self.rank == 0:
+            log.warning("domain %s has %d shards for %d ranks: ranks share its shards", stream.domain,
+                        len(urls), self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = self._worker_id()

@@ -105,6 +105,9 @@ def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str
             raw["output_dir"] = str(out_dir / "runs" / name)
             raw["sampler"]["name"] = sampler
             raw["sampler"]["options"] = {**raw["sampler"].get("options", {}), **per_sampler.get(sampler, {})}
+            if sampler == "doremi" and "reference" not in raw["sampler"]["options"]:
+                # DoReMi's reference model: the uniform mixture at the same budget and seed.
+                raw["sampler"]["options"]["reference"] = str(out_dir / "runs" / f"uniform-seed{seed}")
             raw["train"]["seed"] = seed
             raw["logging"]["progress_bar"] = False  # logs go to a file
             config_from_dict(raw)
@@ -281,10 +284,16 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     if unknown:
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
     seeds = int(seeds or bench.get("seeds", 1))
+    samplers = list(dict.fromkeys(samplers))
+    doremi_opts = (bench.get("sampler_options") or {}).get("doremi", {})
+    if "doremi" in samplers and "reference" not in doremi_opts:
+        if "uniform" not in samplers:
+            log.info("doremi needs a reference run: adding 'uniform' (DoReMi's reference mixture)")
+        samplers = ["uniform"] + [s for s in samplers if s != "uniform"]  # the reference trains first
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ensure_phantom_shards(run_cfg["data"]["shards"], bench.get("phantom"))
-    runs = plan_runs(run_cfg, bench, list(samplers), seeds, out)
+    runs = plan_runs(run_cfg, bench, samplers, seeds, out)
     t0 = time.perf_counter()
     status, per_run = {}, {}
     for r in runs:

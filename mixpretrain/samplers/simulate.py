@@ -141,7 +141,7 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
     np.fill_diagonal(T, 0.0)
     spread = 3.0 if kind == "skewed" else 1.5
     available = budget / k * np.exp(rng.normal(0.0, spread / 2, k))
-    max_epochs = 4.0
+    max_epochs = 8.0  # the user's repetition cap, given to temperature (UniMax) and transfer
     # Keep the caps feasible: total unique data x epochs must hold the budget with room to spare.
     available *= max(1.0, 1.5 * budget / (max_epochs * available.sum()))
     available = np.round(available)

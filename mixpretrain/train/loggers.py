@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +163,13 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="pretrain")
+            # In a log file (no TTY) every refresh is a new line: refresh rarely there.
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="pretrain",
+                            mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     def update(self, step: int, record: dict[str, Any], domains: tuple[str, ...]) -> None:
         if self.bar is None:
             return
-        self.bar.n = step
         parts = {"loss": f"{record.get('loss', float('nan')):.3f}",
                  "sps": f"{record.get('samples_per_s', 0):.1f}",
                  "wait": f"{100 * record.get('data_wait', 0):.0f}%"}
@@ -175,7 +177,7 @@ class Progress:
             loss = record.get(f"loss/{d}")
             parts[d] = f"{record['weights'][d]:.2f}" + (f"|{loss:.3f}" if loss is not None else "")
         self.bar.set_postfix(parts, refresh=False)
-        self.bar.refresh()
+        self.bar.update(step - self.bar.n)  # redraws at most every mininterval seconds
 
     def write(self, text: str) -> None:
         if self.bar is not None:

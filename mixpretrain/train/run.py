@@ -145,7 +145,8 @@ def run(cfg: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
     dist.barrier()
 
     mixture = MixtureStream(
-        cfg.data.shards, plan.domains, seed=cfg.train.seed, rank=info.rank, resume_step=resume_step,
+        cfg.data.shards, plan.domains, seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
+        resume_step=resume_step,
         stream_kwargs={"crop_size": tuple(cfg.data.crop_size), "crops_per_volume": cfg.data.crops_per_volume,
                        "strict": cfg.data.strict, "shuffle_buffer": cfg.data.shuffle_buffer, "epoch": resume_step},
     )

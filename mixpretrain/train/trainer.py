@@ -133,7 +133,8 @@ class Trainer:
             wait += time.perf_counter() - t
             self._batches += 1
             self._note_version(batch["weights_version"])
-            x = batch["image"].to(self.info.device, dtype=self.dtype, non_blocking=True)
+            # Copy first (pinned, async), cast on the device: no float32->bf16 pass on the CPU.
+            x = batch["image"].to(self.info.device, non_blocking=True).to(self.dtype)
             out = self.engine(x)
             loss = out.loss.mean()
             self.engine.backward(loss)
@@ -143,11 +144,14 @@ class Trainer:
         return total / self.cfg.train.grad_accum_steps, wait
 
     def _note_version(self, version: int) -> None:
-        """Measure how many batches a published weight change took to reach the model."""
+        """Measure how many batches a published weight change takes to reach the model.
+
+        A batch drawn (partly) under older weights arriving as the k-th batch after the latest
+        publish means the change took at least k + 1 batches; the run logs the largest such delay.
+        """
         s = self.state
-        if s.published_at_batch >= 0 and version >= s.weights_version:
-            s.max_lag = max(s.max_lag, self._batches - s.published_at_batch)
-            s.published_at_batch = -1
+        k = self._batches - s.published_at_batch
+        s.max_lag = max(s.max_lag, k + 1 if version < s.weights_version else 1)
 
     # ------------------------------------------------------------------ loop
     def fit(self, start_time: float) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixpretrain.cli import main as cli_main
 from mixpretrain.eval.runner import pretrain_script
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,29 +58,47 @@ def write_config(path: Path, shards: Path, output_dir: Path) -> Path:
     return path
 
 
-def launch_nodes(config: Path, probe_dir: Path, logs: Path) -> list[tuple[int, str]]:
-    """Start node 0 and node 1 through the container entrypoint; returns (rc, log) per node."""
+Node = tuple[subprocess.Popen, Path]
+
+
+def start_nodes(config: Path, probe_dir: Path, logs: Path, *overrides: str, tag: str = "") -> list[Node]:
+    """Start node 0 and node 1, each through the container entrypoint (deepspeed --no_ssh)."""
     port = str(free_port())
-    procs = []
+    nodes = []
     for node in range(NODES):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HOSTFILE")}
         env.update(NNODES=str(NODES), NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
                    NPROC_PER_NODE="1", MIXPRETRAIN_SCRIPT=str(PROBE), PROBE_DIR=str(probe_dir),
                    DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline", TMPDIR=str(logs),
+                   DEEPSPEED_TIMEOUT="2",  # minutes: a lost peer must end the survivor, not hang it
                    PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
-        log = open(logs / f"node{node}.log", "w")  # noqa: SIM115 (closed below)
-        procs.append((subprocess.Popen(["bash", str(REPO / "docker" / "entrypoint.sh"), "--config", str(config)],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+        log = logs / f"node{node}{tag}.log"
+        with open(log, "w") as f:
+            cmd = ["bash", str(REPO / "docker" / "entrypoint.sh"), "--config", str(config), *overrides]
+            nodes.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                           start_new_session=True), log))
+    return nodes
+
+
+def kill_node(node: Node) -> None:
+    """SIGKILL the node's whole process tree (launcher and ranks), as a lost machine would."""
+    try:
+        os.killpg(node[0].pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_nodes(nodes: list[Node], timeout: float = 240) -> list[tuple[int, str]]:
+    """(exit code, log) per node; a node still running after ``timeout`` is killed (rc -9)."""
     results = []
-    for proc, log in procs:
+    for proc, log in nodes:
         try:
-            rc = proc.wait(timeout=240)
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for p, _ in procs:  # a hung rendezvous or collective: take both nodes down
-                os.killpg(p.pid, signal.SIGKILL)
+            for node in nodes:  # a hung rendezvous or collective: take both nodes down
+                kill_node(node)
             rc = proc.wait()
-        log.close()
-        results.append((rc, Path(log.name).read_text()))
+        results.append((rc, log.read_text()))
     return results
 
 
@@ -92,7 +111,7 @@ def test_two_nodes_agree_on_per_domain_metrics(shards: Path, tmp_path: Path) -> 
     out, probe = tmp_path / "run", tmp_path / "probe"
     probe.mkdir()
     config = write_config(tmp_path / "run.yaml", shards, out)
-    results = launch_nodes(config, probe, tmp_path)
+    results = wait_nodes(start_nodes(config, probe, tmp_path))
     for node, (rc, log) in enumerate(results):
         assert rc == 0, f"node {node} exited {rc}:\n{log[-4000:]}"
     assert all("exec: deepspeed" in log and "--no_ssh" in log for _, log in results)
@@ -133,3 +152,38 @@ def test_two_nodes_agree_on_per_domain_metrics(shards: Path, tmp_path: Path) -> 
     for i, d in enumerate(sorted(DOMAINS)):
         if totals[1][i]:
             assert first[f"loss/{d}"] == pytest.approx(totals[0][i] / totals[1][i], rel=1e-9)
+
+
+def test_node_loss_then_resume(shards: Path, tmp_path: Path) -> None:
+    """Kill node 1 after the first checkpoint: node 0 must exit with an error (not hang), and the
+    same command on both nodes must resume from that checkpoint and finish the run."""
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    config = write_config(tmp_path / "run.yaml", shards, out)
+    first_ckpt = out / "checkpoints" / "step00000002" / "COMPLETE"
+    nodes = start_nodes(config, probe, tmp_path, "train.max_steps=200", "train.checkpoint_every=2", tag="-a")
+    deadline = time.monotonic() + 240
+    while not first_ckpt.is_file() and time.monotonic() < deadline and all(p.poll() is None for p, _ in nodes):
+        time.sleep(0.1)
+    kill_node(nodes[1])
+    (rc0, log0), _ = wait_nodes(nodes, timeout=150)
+    assert first_ckpt.is_file(), f"no checkpoint before the kill:\n{log0[-3000:]}"
+    assert rc0 not in (0, -9), f"node 0 should fail on its own once node 1 is gone (rc {rc0}):\n{log0[-3000:]}"
+
+    # Same command (a shorter horizon is an allowed change on resume) on a fresh rendezvous port.
+    probe_b = tmp_path / "probe-b"
+    probe_b.mkdir()
+    results = wait_nodes(start_nodes(config, probe_b, tmp_path, "train.max_steps=6", "train.checkpoint_every=2",
+                                     tag="-b"))
+    for node, (rc, log) in enumerate(results):
+        assert rc == 0, f"node {node} did not resume (rc {rc}):\n{log[-4000:]}"
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))  # records past the checkpoint were set aside
+    assert records[-1]["samples"] == 6 * MICRO_BATCH * NODES  # consumption carried over the restart
+    for rank in range(NODES):
+        steps = [r["step"] for r in read_probe(probe_b, rank)[1]]
+        resumed_at = steps[0] - 1  # the checkpoint the second run started from, not step 0
+        assert resumed_at >= 2 and resumed_at % 2 == 0 and steps == list(range(resumed_at + 1, 7)), steps
+    last = [read_probe(probe_b, r)[1][-1] for r in range(NODES)]
+    for key in ("consumed", "weights", "loss", "samples"):
+        assert last[0][key] == last[1][key]

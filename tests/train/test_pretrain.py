@@ -64,14 +64,15 @@ def _records(path: Path) -> list[dict]:
 def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out, sampler={"name": "uniform"},
-                      train={"max_steps": 6, "checkpoint_every": 3, "eval_every": 3})
+                      train={"max_steps": 6, "checkpoint_every": 3, "eval_every": 3, "grad_accum_steps": 2,
+                             "schedule": "wsd"})
     res = _run(_python(cfg))
     assert res.returncode == 0, _tail(res)
     recs = _records(out / "metrics.jsonl")
     assert [r["step"] for r in recs] == list(range(1, 7))
     for key in ("step", "samples", "consumed", "weights", "lr", "samples_per_s", "data_wait", "loss"):
         assert key in recs[-1], key
-    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 6 * 4
+    assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 6 * 4 * 2  # micro 4 x accum 2
     assert all(f"val/{d}" in recs[2] for d in DOMAINS)
     assert (out / "encoder.pt").is_file() and (out / "checkpoints" / "step00000006" / "encoder.pt").is_file()
 
