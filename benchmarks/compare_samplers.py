@@ -30,7 +30,7 @@ def run_simulated(args: argparse.Namespace) -> int:
     samplers = tuple(s for s in args.samplers.split(",") if s)
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers)
     if args.timing:
-        result["refit_timing"] = [simulate.refit_timing(k) for k in (3, 10)]
+        result["refit_timing"] = [simulate.refit_timing(k, rotate=r) for k, r in ((3, False), (10, False), (10, True))]
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
@@ -43,7 +43,8 @@ def run_simulated(args: argparse.Namespace) -> int:
     gains = [w["oracle_gain_vs_proportional"] for w in result["worlds"]]
     print(f"oracle gain vs proportional: mean {sum(gains) / len(gains):.2%}, max {max(gains):.2%}")
     for t in result.get("refit_timing", []):
-        print(f"transfer refit, {t['k']} domains, {t['points_at_last_refit']} points: last {t['last_s'] * 1000:.0f} ms, "
+        print(f"transfer refit, {t['k']} domains, {t['points_at_last_refit']} val points, families "
+              f"{','.join(t['families_at_last_refit'])}: last {t['last_s'] * 1000:.0f} ms, "
               f"max {t['max_s'] * 1000:.0f} ms over {t['refits']} refits")
     print(f"total {result['seconds']:.1f} s")
     return 0

@@ -81,9 +81,27 @@ def is_finished(run_dir: Path, max_steps: int) -> bool:
     return bool(recs) and int(recs[-1].get("step", -1)) >= max_steps and (run_dir / "encoder.pt").is_file()
 
 
+def check_same_config(config: Path, run_dir: Path) -> None:
+    """Refuse to reuse a run directory trained under another config (its results would be stale)."""
+    from mixpretrain.config import config_diff, config_to_dict, load_config
+
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); remove {run_dir} or use another output folder") from exc
+    diff = config_diff(old, config_to_dict(load_config(config)))
+    if diff:
+        raise ValueError(f"{run_dir} holds a run trained with another config (differs in {', '.join(diff)}); "
+                         "remove it or use another output folder")
+
+
 def run_one(config: Path, run_dir: Path, max_steps: int, log_path: Path, launcher: str = "python", nproc: int = 1,
             timeout: float | None = None) -> dict[str, Any]:
     """Run (or skip, when finished) one pretraining job; returns {status, seconds, returncode}."""
+    check_same_config(config, run_dir)
     if is_finished(run_dir, max_steps):
         log.info("%s: finished already, not re-run", run_dir)
         return {"status": "done-before", "seconds": 0.0, "returncode": 0}

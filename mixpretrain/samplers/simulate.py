@@ -319,17 +319,19 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
     })
 
 
-def refit_timing(k: int, points: int = 400, refit_every: int = 100, seed: int = 0) -> dict[str, Any]:
+def refit_timing(k: int, points: int = 400, refit_every: int = 100, seed: int = 0,
+                 rotate: bool = False) -> dict[str, Any]:
     """Time the transfer sampler's refits over a full run with ``k`` domains: a validation point
     after every interval (``points`` in all, the sampler's default history cap), refitting every
     ``refit_every`` of them; the last refit sees the whole history."""
     world = make_world(0, seed, k=k)
     opts = {"seed": seed, "total_budget": world.budget, "available": world.available.tolist(), "floor": 0.01,
-            "refit_every": refit_every, "max_points": points}
+            "refit_every": refit_every, "max_points": points, "rotate_challengers": rotate}
     res = run_sampler(world, "transfer", opts, intervals=points, eval_every=1)
     times = res["refit_seconds"]
     last = res["sampler"].last_refit
-    return {"k": k, "refits": len(times), "points_at_last_refit": last.get("points"),
+    return {"k": k, "rotate_challengers": rotate, "refits": len(times), "points_at_last_refit": last.get("points"),
+            "families_at_last_refit": sorted(last.get("families", {})),
             "last_s": float(times[-1]) if times else None, "max_s": float(np.max(times)) if times else None}
 
 

@@ -97,8 +97,8 @@ def preflight(cfg: RunConfig, world_size: int) -> Plan:
         changed = ckpt.check_resume(cfg, ckpt.read_meta(resume[1]), world_size)
         if changed:
             log.warning("resuming %s with changed keys %s", cfg.output_dir, changed)
-    elif run_file.is_file():
-        ckpt.check_resume(cfg, {**json.loads(run_file.read_text()), "step": 0}, world_size)
+    elif run_file.is_file():  # an attempt that died before its first checkpoint: same config only
+        ckpt.check_resume(cfg, {**json.loads(run_file.read_text()), "step": 0, "world_size": world_size}, world_size)
     try:
         from mixpretrain.samplers import build
 

@@ -244,3 +244,14 @@ def test_doremi_reference_from_a_runs_metrics(tmp_path) -> None:
     # pet is far above its reference: DoReMi moves weight to it.
     s.observe(1, [10, 10, 10], {"ct": 0.4, "mri": 0.5, "pet": 1.6}, "train")
     assert np.argmax(s.weights()) == 2
+
+
+def test_cli_lists_samplers_and_rejects_unknown(capsys) -> None:
+    from mixpretrain.cli import main
+
+    assert main(["samplers", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert "transfer" in listed["samplers"]
+    assert "explore_fraction" in listed["samplers"]["transfer"]["options"]
+    assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "bogus"]) == 2
+    assert "unknown sampler 'bogus'" in capsys.readouterr().err

@@ -108,7 +108,8 @@ def test_bad_config_key_fails_before_any_process_group(phantom_shards: Path, tmp
 def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(tmp_path / "run.yaml", phantom_shards, out,
-                      train={"max_steps": 16, "checkpoint_every": 6, "eval_every": 4, "zero_stage": 1})
+                      data={"crops_per_volume": 3, "val_crops_per_domain": 3},  # 3 crops on 2 ranks: padded eval
+                      train={"max_steps": 16, "checkpoint_every": 6, "eval_every": 4, "zero_stage": 3})
     # First attempt (deepspeed launcher): SIGKILL the whole process group once past the step-6 checkpoint.
     proc = subprocess.Popen(_deepspeed(cfg), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
