@@ -149,6 +149,11 @@ def _coerce(key: str, value: Any, ftype: Any) -> Any:
         raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
     if ftype is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if ftype is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; it is clearly meant as a number
+            return float(value)
+        except ValueError:
+            pass
     if ftype is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if ftype is str and isinstance(value, str):

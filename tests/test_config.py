@@ -70,3 +70,9 @@ def test_fingerprint_and_diff_name_changed_keys():
     assert config_fingerprint(a) != config_fingerprint(b)
     assert config_fingerprint(a) == config_fingerprint(load_config(None, []))
     assert config_diff(config_to_dict(a), config_to_dict(b)) == ["train.lr"]
+
+
+def test_exponent_without_dot_is_a_float():
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])

@@ -68,8 +68,10 @@ class TemperatureSampler(MixtureSampler):
         self._w = cap_fill(base / base.sum(), repetition_caps(self, max_epochs))
 
 
-def _weights_from_laws(path: str | Path, domains: tuple[str, ...]) -> Any:
-    """The allocation stored in a ``laws.json`` written by ``mixpretrain laws allocate/fit``."""
+def _weights_from_laws(path: str | Path, domains: tuple[str, ...], sampler: MixtureSampler) -> Any:
+    """The allocation in a JSON written by ``mixpretrain laws allocate -o`` (``weights`` at the top
+    or under ``allocation``), or, for a fitted ``laws.json`` (``laws fit``) without one, the
+    allocation computed from its law for the run's ``total_budget`` with the sampler's floor."""
     path = Path(path)
     if not path.is_file():
         raise SamplerError(f"sampler 'fixed' option 'laws': file {path} does not exist")
@@ -89,7 +91,24 @@ def _weights_from_laws(path: str | Path, domains: tuple[str, ...]) -> Any:
                     f"sampler 'fixed': {path} has weights for domains {names}, the run has {list(domains)}"
                 )
             return weights
-    raise SamplerError(f"sampler 'fixed' option 'laws': {path} has no 'weights' or 'allocation.weights' entry")
+    if isinstance(doc, Mapping) and {"family", "domains", "params"} <= set(doc):
+        return _allocate_from_fit(doc, path, domains, sampler)
+    raise SamplerError(
+        f"sampler 'fixed' option 'laws': {path} has no 'weights' or 'allocation.weights' entry and is not a fitted laws.json"
+    )
+
+
+def _allocate_from_fit(doc: Mapping[str, Any], path: Path, domains: tuple[str, ...], sampler: MixtureSampler) -> Any:
+    from mixpretrain.scaling import LawFit, allocate
+
+    if list(doc["domains"]) != list(domains):
+        raise SamplerError(f"sampler 'fixed': {path} is a law over domains {doc['domains']}, the run has {list(domains)}")
+    budget = sampler._require_budget()
+    try:
+        fit = LawFit.from_dict(dict(doc))
+        return allocate(fit, budget, floor=sampler.floor).weights
+    except ValueError as exc:
+        raise SamplerError(f"sampler 'fixed': cannot allocate from the law in {path}: {exc}") from exc
 
 
 class FixedSampler(MixtureSampler):
@@ -105,7 +124,7 @@ class FixedSampler(MixtureSampler):
         if (given is None) == (laws is None):
             raise SamplerError("sampler 'fixed': give exactly one of options 'weights' or 'laws' (path to laws.json)")
         if laws is not None:
-            given = _weights_from_laws(laws, self.domains)
+            given = _weights_from_laws(laws, self.domains, self)
             what = f"sampler 'fixed' weights from {laws}"
         else:
             what = "sampler 'fixed' option 'weights'"

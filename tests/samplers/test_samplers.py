@@ -231,6 +231,15 @@ def test_fixed_reads_laws_json_allocation(tmp_path) -> None:
     path.write_text(json.dumps({**fit.to_dict(), "allocation": alloc.to_dict()}))
     w = build("fixed", DOMAINS, laws=str(path), floor=0.0).weights()
     assert np.allclose(w, alloc.weights / alloc.weights.sum())
+    # `laws allocate -o` output: weights at the top level.
+    (tmp_path / "alloc.json").write_text(json.dumps(alloc.to_dict()))
+    assert np.allclose(build("fixed", DOMAINS, laws=str(tmp_path / "alloc.json"), floor=0.0).weights(), w)
+    # A fitted laws.json without an allocation: allocated for the run's budget.
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_dict()))
+    assert np.allclose(build("fixed", DOMAINS, laws=str(tmp_path / "fit.json"), total_budget=BUDGET, floor=0.0).weights(),
+                       w, atol=1e-4)
+    with pytest.raises(SamplerError, match="total_budget"):
+        build("fixed", DOMAINS, laws=str(tmp_path / "fit.json"))
     with pytest.raises(SamplerError, match="does not exist"):
         build("fixed", DOMAINS, laws=str(tmp_path / "missing.json"))
 

@@ -54,7 +54,11 @@ def _python(config: Path, *overrides: str) -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # show where it stood, not just that it timed out
+        out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s; output tail:\n{out[-4000:]}")
 
 
 def _records(path: Path) -> list[dict]:
@@ -111,19 +115,23 @@ def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path:
                       data={"crops_per_volume": 3, "val_crops_per_domain": 3},  # 3 crops on 2 ranks: padded eval
                       train={"max_steps": 16, "checkpoint_every": 6, "eval_every": 4, "zero_stage": 3})
     # First attempt (deepspeed launcher): SIGKILL the whole process group once past the step-6 checkpoint.
-    proc = subprocess.Popen(_deepspeed(cfg), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log_file = open(tmp_path / "first_attempt.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(_deepspeed(cfg), env=_env(), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     marker, metrics = out / "checkpoints" / "step00000006" / "COMPLETE", out / "metrics.jsonl"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300  # generous: CI shares 2 cores
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if marker.is_file() and metrics.is_file() and _records(metrics)[-1]["step"] >= 8:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        alive = proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log_file.close()
+    tail = (tmp_path / "first_attempt.log").read_text()[-4000:]
+    assert alive and metrics.is_file(), f"first attempt ended or stalled before the kill point:\n{tail}"
     killed_at = _records(metrics)[-1]["step"]
     assert 8 <= killed_at < 16
     saved = json.loads((out / "checkpoints" / "step00000006" / "meta.json").read_text())

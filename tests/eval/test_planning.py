@@ -1,0 +1,67 @@
+"""Comparison planning and run bookkeeping that need no training: configs, reuse checks, launchers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixpretrain.config import config_to_dict, load_config
+from mixpretrain.eval.compare import plan_runs, split_bench_config
+from mixpretrain.eval.runner import check_same_config, launch_command
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["cpu_tiny", "gpu_small"])
+def test_bench_configs_are_valid_run_configs(name: str) -> None:
+    run, bench = split_bench_config(REPO / "configs" / "bench" / f"{name}.yaml")
+    assert {"transfer", "proportional", "uniform"} <= set(bench["samplers"])
+    assert bench["seeds"] == (1 if name == "cpu_tiny" else 2)
+    assert set(bench["phantom"]["cases"]) == {"ct", "mri", "pet", "cells"}
+
+
+def test_plan_runs_differ_only_in_sampler_seed_and_output(tmp_path: Path) -> None:
+    run, bench = split_bench_config(REPO / "configs" / "bench" / "cpu_tiny.yaml")
+    runs = plan_runs(run, bench, ["uniform", "doremi", "transfer"], 2, tmp_path)
+    assert [r["name"] for r in runs][:2] == ["uniform-seed0", "uniform-seed1"]
+    cfgs = {r["name"]: yaml.safe_load(r["config"].read_text()) for r in runs}
+    base = cfgs["uniform-seed0"]
+    for name, cfg in cfgs.items():
+        for key in ("data", "model"):
+            assert cfg[key] == base[key], (name, key)
+        assert cfg["train"]["max_steps"] == base["train"]["max_steps"]
+    assert cfgs["doremi-seed1"]["sampler"]["options"]["reference"] == str(tmp_path / "runs" / "uniform-seed1")
+    assert cfgs["transfer-seed1"]["train"]["seed"] == 1
+
+
+def test_bench_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"max_step": 3}}))
+    with pytest.raises(ValueError, match="unknown config key 'train.max_step'"):
+        split_bench_config(bad)
+    bad.write_text(yaml.safe_dump({"bench": {"sampler": ["uniform"]}}))
+    with pytest.raises(ValueError, match=r"unknown bench key\(s\) \['sampler'\]"):
+        split_bench_config(bad)
+
+
+def test_a_run_dir_from_another_config_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "train": {"max_steps": 7}}))
+    (tmp_path / "run").mkdir()
+    old = config_to_dict(load_config(cfg))
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"config": old}))
+    check_same_config(cfg, tmp_path / "run")  # same config: fine
+    old["sampler"]["name"] = "uniform"
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"config": old}))
+    with pytest.raises(ValueError, match="another config .*sampler.name"):
+        check_same_config(cfg, tmp_path / "run")
+
+
+def test_launch_commands() -> None:
+    cmd = launch_command(Path("x.yaml"), "torchrun", 2)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and cmd[-2:] == ["--config", "x.yaml"]
+    with pytest.raises(ValueError, match="launcher 'python' runs one process"):
+        launch_command(Path("x.yaml"), "python", 2)
