@@ -69,6 +69,7 @@ class TransferSampler(MixtureSampler):
         "max_epochs": None,  # repetition cap: at most this many passes over a domain's available data
         "compare_last": 3,  # newest points on which a refit must not be worse than the previous law
         "max_points": 400,  # history kept for fitting (oldest usable points thinned beyond this)
+        "ensemble": False,  # auto: average the families' optima, weighted by forecast score
         "rotate_challengers": False,  # auto: refit the family in use + one challenger per refit (faster)
         "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
     }
@@ -127,6 +128,9 @@ class TransferSampler(MixtureSampler):
         if not isinstance(o["rotate_challengers"], bool):
             raise SamplerError(f"sampler 'transfer' option 'rotate_challengers': expected true/false, got {o['rotate_challengers']!r}")
         self.rotate_challengers = o["rotate_challengers"]
+        if not isinstance(o["ensemble"], bool):
+            raise SamplerError(f"sampler 'transfer' option 'ensemble': expected true/false, got {o['ensemble']!r}")
+        self.ensemble = o["ensemble"]
         self.max_points = self._opt_int("max_points", self.min_points)
         self.importance = per_domain(o["importance"], self.domains, "sampler 'transfer' option 'importance'", allow_none=True)
         max_epochs = None if o["max_epochs"] is None else self._opt_float("max_epochs", 1e-9)
@@ -280,24 +284,42 @@ class TransferSampler(MixtureSampler):
 
     def _retarget(self, info: dict[str, Any]) -> None:
         """Move the target allocation toward the law's optimum for the planned budget."""
-        from mixpretrain.scaling import allocate
-
         if self.fit is None:
             return
-        try:
-            alloc = allocate(self.fit, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor)
-            optimum = np.asarray(alloc.weights, dtype=np.float64)
-        except (ValueError, RuntimeError) as exc:
-            info["allocate_error"] = str(exc)
-            log.warning("sampler transfer: allocation failed, keeping the target: %s", exc)
+        laws = {self.chosen: self.fit}
+        if self.ensemble and self.family_scores:
+            laws = {f: self._laws[f] for f in self.family_scores if f in self._laws}
+        optima, errors = {}, {}
+        for fam, law in laws.items():
+            try:
+                optima[fam] = self._optimum(law)
+            except (ValueError, RuntimeError) as exc:
+                errors[fam] = str(exc)
+        if errors:
+            info["allocate_error"] = errors
+            log.warning("sampler transfer: allocation failed for %s", errors)
+        if not optima:
             return
-        if optimum.shape != (self.k,) or not np.isfinite(optimum).all():
-            info["allocate_error"] = f"non-finite allocation {optimum.tolist()}"
-            return
+        if len(optima) > 1:
+            # Forecast-weighted average: weight exp(-10 (score / best - 1)), so 10% worse ~ 1/e.
+            scores = np.array([self.family_scores[f] for f in optima])
+            mix = np.exp(-10.0 * (scores / max(scores.min(), 1e-12) - 1.0))
+            optimum = np.sum([m * w for m, w in zip(mix / mix.sum(), optima.values(), strict=True)], axis=0)
+        else:
+            optimum = next(iter(optima.values()))
         moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
         step = np.clip(moved - self.target, -self.max_change, self.max_change)
         self.target = project_to_floor(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floor)
         info["optimum"] = optimum.tolist()
+
+    def _optimum(self, law: Any) -> np.ndarray:
+        from mixpretrain.scaling import allocate
+
+        alloc = allocate(law, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor)
+        optimum = np.asarray(alloc.weights, dtype=np.float64)
+        if optimum.shape != (self.k,) or not np.isfinite(optimum).all():
+            raise ValueError(f"non-finite allocation {optimum.tolist()}")
+        return optimum
 
     def _unique(self, family: str) -> np.ndarray | None:
         """Unique data for the repetition family (a domain with none counts as 1 sample)."""
