@@ -226,46 +226,53 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
-def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_losses(plt: Any, result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], path: Path) -> None:
     doms = result["domains"]
-    files = []
     fig, axes = plt.subplots(1, len(doms), figsize=(4 * len(doms), 3.2), squeeze=False)
     for sampler in result["samplers"]:
         names = [r["name"] for r in runs if r["sampler"] == sampler and r["name"] in per_run]
         for ax, d in zip(axes[0], doms, strict=True):
             curves = [np.asarray(per_run[n]["val_curve"][d]) for n in names]
-            if curves:
+            if curves:  # mean over seeds, on the evaluation steps every seed reached
                 n = min(len(c) for c in curves)
-                mean = np.mean([c[:n, 1] for c in curves], axis=0)
-                ax.plot(curves[0][:n, 0], mean, label=sampler)
+                ax.plot(curves[0][:n, 0], np.mean([c[:n, 1] for c in curves], axis=0), label=sampler)
     for ax, d in zip(axes[0], doms, strict=True):
         ax.set(title=f"val loss: {d}", xlabel="step")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "loss_curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    files.append(str(out_dir / "loss_curves.png"))
 
-    samplers = [s for s in result["samplers"] if any(r["sampler"] == s and r["name"] in per_run for r in runs)]
-    fig, axes = plt.subplots(1, len(samplers), figsize=(3.2 * len(samplers), 3.0), squeeze=False, sharey=True)
-    for ax, sampler in zip(axes[0], samplers, strict=True):
-        first = next(r["name"] for r in runs if r["sampler"] == sampler and r["name"] in per_run)
-        steps = [s for s, _ in per_run[first]["weights_curve"]]
-        w = np.asarray([w for _, w in per_run[first]["weights_curve"]])
-        for i, d in enumerate(doms):
+
+def _plot_weights(plt: Any, result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], path: Path) -> None:
+    firsts = {}
+    for r in runs:  # the first finished seed of every sampler
+        if r["name"] in per_run:
+            firsts.setdefault(r["sampler"], r["name"])
+    fig, axes = plt.subplots(1, len(firsts), figsize=(3.2 * len(firsts), 3.0), squeeze=False, sharey=True)
+    for ax, (sampler, name) in zip(axes[0], firsts.items(), strict=True):
+        steps = [s for s, _ in per_run[name]["weights_curve"]]
+        w = np.asarray([w for _, w in per_run[name]["weights_curve"]])
+        for i, d in enumerate(result["domains"]):
             ax.plot(steps, w[:, i], label=d)
         ax.set(title=f"{sampler} weights", xlabel="step", ylim=(0, 1))
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "weights.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    files.append(str(out_dir / "weights.png"))
-    return files
+
+
+def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out_dir: Path) -> list[str]:
+    """``loss_curves.png`` (val loss per domain per sampler) and ``weights.png`` (weights over time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = [out_dir / "loss_curves.png", out_dir / "weights.png"]
+    _plot_losses(plt, result, per_run, runs, files[0])
+    _plot_weights(plt, result, per_run, runs, files[1])
+    return [str(f) for f in files]
 
 
 def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] | None = None, seeds: int | None = None,

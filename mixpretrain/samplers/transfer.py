@@ -90,6 +90,7 @@ class TransferSampler(MixtureSampler):
         self.family_scores: dict[str, float] = {}  # EMA of each family's forecast error
         self.scored: dict[str, Any] = {}  # split and last step already scored
         self.fit = None
+        self.refit_seconds: float | None = None  # wall time of the last refit (diagnostics only)
         self.counters = {"refits": 0, "accepted": 0, "rejected": 0, "failed": 0, "usable": 0}
         self.last_refit: dict[str, Any] = {}
         self.prev_consumed = np.zeros(self.k)
@@ -208,7 +209,9 @@ class TransferSampler(MixtureSampler):
         self.fit = self._laws.get(self.chosen) if self.chosen else None
         info["family"] = self.chosen
         self._retarget(info)
-        info["seconds"] = time.perf_counter() - t0
+        # Wall time is reported by diagnostics() but kept out of the state: a resumed run must
+        # produce the same state (the trainer compares state digests), and timings never repeat.
+        self.refit_seconds = time.perf_counter() - t0
         self.last_refit = info
 
     def _to_refit(self) -> list[str]:
@@ -369,7 +372,7 @@ class TransferSampler(MixtureSampler):
             "phase": self.phase,
             "target": to_jsonable(self.target),
             "counters": dict(self.counters),
-            "last_refit": to_jsonable(self.last_refit),
+            "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},
             "points": len(self.points),
         }
         if self.fit is None:
@@ -393,6 +396,7 @@ def _fit_to_state(fit: Any) -> dict[str, Any]:
     d = fit.to_dict()
     d["data"] = None  # the points are in the sampler state already
     d["bootstrap"] = []
+    d["stats"] = {k: v for k, v in d.get("stats", {}).items() if k != "seconds"}  # timing: not state
     return to_jsonable(d)
 
 
