@@ -133,23 +133,20 @@ def linear_probe(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, 
     return classification_metrics(probs, data["y_val"], n_classes)
 
 
-class _PooledClassifier:
-    """Encoder + linear head on the token mean (a plain module wrapper, built lazily with torch)."""
+def pooled_classifier(encoder: Any, n_classes: int) -> Any:
+    """Encoder + linear head on the token mean (built here so that torch loads only when used)."""
+    import torch
 
-    @staticmethod
-    def build(encoder: Any, n_classes: int) -> Any:
-        import torch
+    class PooledClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = torch.nn.Linear(encoder.width, n_classes)
 
-        class Model(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.encoder = encoder
-                self.head = torch.nn.Linear(encoder.width, n_classes)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder.forward_pooled(x))
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.head(self.encoder.forward_pooled(x))
-
-        return Model()
+    return PooledClassifier()
 
 
 def finetune(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, device: Any) -> dict:
@@ -157,7 +154,7 @@ def finetune(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, devi
     import torch
 
     torch.manual_seed(cfg.seed)
-    model = _PooledClassifier.build(encoder, n_classes).to(device)
+    model = pooled_classifier(encoder, n_classes).to(device)
     opt = torch.optim.AdamW([
         {"params": model.encoder.parameters(), "lr": cfg.finetune_lr},
         {"params": model.head.parameters(), "lr": cfg.finetune_lr * 10},

@@ -126,7 +126,3 @@ def load_volumes(
         out.append(data)
     return out
 
-
-def batches(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """One random mini-batch of indices (sampling without replacement within a batch)."""
-    return rng.choice(n, size=min(batch_size, n), replace=False)
