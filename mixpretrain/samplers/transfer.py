@@ -29,6 +29,12 @@ while there are fewer than ``min_points`` validation points. Points before ``war
 of the budget are dropped (the loss curve's initial transient is not a power law). A refit that
 raises or that is worse than the previous law on the ``compare_last`` newest points is
 rejected and the previous law kept.
+
+Guards (real pretraining showed the law-optimal mixture starving domains, whose loss then rose:
+forgetting depends on the recent mixture, which laws in cumulative counts cannot see): a domain
+whose fitted alpha or E sits on the fitter's bound keeps its prior share of the optimum
+(``unidentified``), the optimum can be shrunk toward the prior (``shrink``), and no target or
+weight goes below ``min_prior_share`` x the prior weight.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 AUTO_FAMILIES = ("power", "linear", "transfer")  # simplest first
 SELECT_TOL = 0.05  # a more complex family must forecast > 5% better than a simpler one
 SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
+E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 
 
 class TransferSampler(MixtureSampler):
@@ -72,6 +79,10 @@ class TransferSampler(MixtureSampler):
         "ensemble": False,  # auto: average the families' optima, weighted by forecast score
         "rotate_challengers": False,  # auto: refit the family in use + one challenger per refit (faster)
         "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
+        # Guards against starving a domain on a poorly identified law (real runs: see docs/samplers.md).
+        "min_prior_share": 0.5,  # no domain's target or weight below this x its prior weight
+        "unidentified": "prior",  # prior: a domain whose own exponent sits on a fit bound keeps its prior share | fit
+        "shrink": 0.0,  # pull the law's optimum this far toward the prior before it moves the target
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
                     "prev_consumed", "phase")
@@ -82,6 +93,9 @@ class TransferSampler(MixtureSampler):
         self._read_options()
         self.points: list[dict[str, Any]] = []  # {"step", "split", "D": [K], "L": [K]}
         self.prior_w = self._prior()
+        # Per-domain floor of every target and weight: a starved domain forgets (its loss rises
+        # with the *recent* mixture), which the laws, functions of cumulative counts, cannot see.
+        self.floors = np.maximum(self.floor, self.min_prior_share * self.prior_w)
         self._w = self.prior_w.copy()
         self.target = self.prior_w.copy()
         self.laws_state: dict[str, dict[str, Any]] = {}  # family -> LawFit.to_dict() of its current law
@@ -136,6 +150,10 @@ class TransferSampler(MixtureSampler):
         self.importance = per_domain(o["importance"], self.domains, "sampler 'transfer' option 'importance'", allow_none=True)
         max_epochs = None if o["max_epochs"] is None else self._opt_float("max_epochs", 1e-9)
         self.caps = repetition_caps(self, max_epochs)  # fractions of the budget, or None
+        self.min_prior_share = self._opt_float("min_prior_share", 0.0, 1.0)
+        if o["unidentified"] not in ("prior", "fit"):
+            raise SamplerError(f"sampler 'transfer' option 'unidentified': expected prior or fit, got {o['unidentified']!r}")
+        self.shrink = self._opt_float("shrink", 0.0, 1.0)
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -310,10 +328,48 @@ class TransferSampler(MixtureSampler):
             optimum = np.sum([m * w for m, w in zip(mix / mix.sum(), optima.values(), strict=True)], axis=0)
         else:
             optimum = next(iter(optima.values()))
+        optimum = self._guard(optimum, info)
         moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
         step = np.clip(moved - self.target, -self.max_change, self.max_change)
-        self.target = project_to_floor(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floor)
+        self.target = project_to_floors(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floors)
         info["optimum"] = optimum.tolist()
+
+    def _unidentified(self) -> np.ndarray:
+        """Domains whose own learning curve the fit did not pin down: its exponent alpha or its
+        irreducible loss E (fitted as a fraction of the smallest observed loss, in [0, 1)) sits on
+        the fitter's bound. alpha or E at the bound reads as "saturated" / "already converged"
+        (cut the domain) or as "all loss is reducible" (pour data in), but a bound means the points
+        did not identify the parameter (in real runs: a flat or LR-schedule-driven curve)."""
+        from mixpretrain.scaling.fit import BOUNDS
+
+        params = (self.fit.params or {}) if self.fit is not None else {}
+        if self.options["unidentified"] == "fit" or params.get("alpha") is None or not self.points:
+            return np.zeros(self.k, dtype=bool)
+        alpha = np.asarray(params["alpha"], dtype=np.float64)
+        lo, hi = BOUNDS["alpha"]
+        tol = 1e-3 * (hi - lo)
+        held = np.isfinite(alpha) & ((alpha <= lo + tol) | (alpha >= hi - tol))
+        if params.get("E") is not None:
+            L = np.asarray([[np.nan if v is None else v for v in p["L"]] for p in self.points], dtype=np.float64)
+            with np.errstate(all="ignore"):
+                frac = np.asarray(params["E"], dtype=np.float64) / np.nanmin(np.where(L > 0, L, np.nan), axis=0)
+            held |= np.isfinite(frac) & ((frac <= E_BOUND_TOL) | (frac >= 1 - E_BOUND_TOL))
+        return held
+
+    def _guard(self, optimum: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """Unidentified domains keep their prior share (the others share the rest in the law's
+        ratios); then shrink toward the prior; then the prior-relative floors."""
+        held = self._unidentified()
+        out = optimum.copy()
+        if held.any():
+            info["unidentified"] = [d for d, h in zip(self.domains, held, strict=True) if h]
+            rest = optimum[~held].sum()
+            out[held] = self.prior_w[held]
+            if (~held).any():
+                free = 1.0 - self.prior_w[held].sum()
+                out[~held] = optimum[~held] * free / rest if rest > 0 else self.prior_w[~held] * free / self.prior_w[~held].sum()
+        out = (1 - self.shrink) * out + self.shrink * self.prior_w
+        return project_to_floors(out, self.floors)
 
     def _optimum(self, law: Any) -> np.ndarray:
         from mixpretrain.scaling import allocate
@@ -346,7 +402,7 @@ class TransferSampler(MixtureSampler):
         total = consumed.sum()
         self.phase = "explore" if total < self.explore_fraction * self.budget else "steer" if self.fit else "prior"
         if self.phase == "explore":
-            return project_to_floor(self._explore_weights(), self.floor)
+            return project_to_floors(self._explore_weights(), self.floors)
         horizon = self.horizon * self.budget
         # Receding horizon: reach target x (consumed + horizon) after the next `horizon` samples.
         steer = (self.target * (total + horizon) - consumed) / horizon
@@ -354,7 +410,7 @@ class TransferSampler(MixtureSampler):
         if self.dither > 0:
             z = self._rng(1).standard_normal(self.k)
             steer = steer * np.exp(self.dither * z)
-        return project_to_floor(steer, self.floor)
+        return project_to_floors(steer, self.floors)
 
     # ------------------------------------------------------------------ state / diagnostics
     def _after_load(self) -> None:
@@ -390,6 +446,23 @@ class TransferSampler(MixtureSampler):
         except (ValueError, RuntimeError) as exc:
             out["hubs_error"] = str(exc)
         return out
+
+
+def project_to_floors(w: np.ndarray, floors: np.ndarray) -> np.ndarray:
+    """``project_to_floor`` with one floor per domain (sum of floors <= 1): entries below their
+    floor are raised to it and the others scaled down together, keeping their ratios."""
+    w = project_to_floor(w, 0.0)
+    pinned = np.zeros(w.size, dtype=bool)
+    for _ in range(w.size):
+        low = (w < floors) & ~pinned
+        if not low.any():
+            break
+        pinned |= low
+        rest = w[~pinned].sum()
+        w[pinned] = floors[pinned]
+        if rest > 0:
+            w[~pinned] *= (1.0 - floors[pinned].sum()) / rest
+    return w
 
 
 def _fit_to_state(fit: Any) -> dict[str, Any]:

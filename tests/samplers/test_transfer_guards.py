@@ -1,0 +1,105 @@
+"""Guards of the transfer sampler against starving a domain whose law is poorly identified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixpretrain.samplers import SamplerError, build
+from mixpretrain.samplers.transfer import project_to_floors
+
+DOMAINS = ["ct", "mri", "pet"]
+BUDGET = 30_000.0
+BASE = {"seed": 0, "total_budget": BUDGET, "floor": 0.02, "explore_fraction": 0.1, "min_points": 5,
+        "refit_every": 1, "warmup_fraction": 0.02, "family": "power"}
+
+
+def flat_ct_loss(consumed: np.ndarray) -> np.ndarray:
+    """ct's loss does not move with its own data (as in the real cpu_tiny runs, where the fit put
+    ct's exponent on its lower bound); mri and pet follow clean power laws."""
+    ct = 0.7
+    mri = 0.3 + 3.0 * (1.0 + consumed[1]) ** -0.4
+    pet = 0.2 + 4.0 * (1.0 + consumed[2]) ** -0.5
+    return np.array([ct, mri, pet])
+
+
+def run(sampler, steps: int = 50, per_step: float = 500.0) -> list[np.ndarray]:
+    consumed = np.zeros(3)
+    out = []
+    for step in range(1, steps + 1):
+        w = sampler.weights()
+        out.append(w.copy())
+        consumed = consumed + w * per_step
+        loss = flat_ct_loss(consumed) * np.exp(0.002 * np.random.default_rng(step).standard_normal(3))
+        sampler.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "val")
+    return out
+
+
+def steered(sampler, weights: list[np.ndarray]) -> np.ndarray:
+    """Weights of the steering phase (after exploration)."""
+    n_explore = int(np.ceil(0.1 * BUDGET / 500.0)) + 1
+    return np.array(weights[n_explore:])
+
+
+def test_unguarded_sampler_starves_the_flat_domain() -> None:
+    """The failure mode the guards exist for: with them off, the flat domain goes to the floor."""
+    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0, unidentified="fit")
+    w = steered(s, run(s))
+    assert w[-5:, 0].max() < 0.1, w[-5:]
+
+
+def test_flat_domain_is_not_cut_below_min_prior_share() -> None:
+    s = build("transfer", DOMAINS, **BASE, unidentified="fit")  # floor guard only
+    w = steered(s, run(s))
+    prior = 1.0 / 3.0
+    assert w[:, 0].min() >= 0.5 * prior - 1e-9, w[:, 0]
+    assert s.target[0] >= 0.5 * prior - 1e-9
+    # The floor is a guard, not a freeze: the other domains still move with the law.
+    assert not np.allclose(w[-1], prior, atol=0.02)
+
+
+def test_unidentified_domain_keeps_its_prior_share() -> None:
+    """ct's exponent sits on the fitter's lower bound: it keeps its prior share of the target."""
+    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0)
+    run(s)
+    diag = s.diagnostics()
+    assert "ct" in diag["last_refit"].get("unidentified", []), diag["last_refit"]
+    assert diag["last_refit"]["optimum"][0] == pytest.approx(1.0 / 3.0, abs=1e-6)
+    assert s.target[0] == pytest.approx(1.0 / 3.0, abs=0.03)
+
+
+def test_proportional_prior_floors_follow_the_prior() -> None:
+    available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
+    s = build("transfer", DOMAINS, **BASE, prior="proportional", available=available, min_prior_share=0.8)
+    w = np.array(run(s))
+    prior = np.array([20.0, 6.0, 2.0]) / 28.0
+    assert np.all(w >= 0.8 * prior - 1e-9), w.min(axis=0)
+
+
+def test_full_prior_share_pins_the_prior() -> None:
+    s = build("transfer", DOMAINS, **BASE, min_prior_share=1.0, dither=0.3)
+    for w in run(s, steps=20):
+        np.testing.assert_allclose(w, 1.0 / 3.0, atol=1e-12)
+
+
+def test_shrink_pulls_the_optimum_to_the_prior() -> None:
+    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0, unidentified="fit", shrink=1.0)
+    run(s, steps=30)
+    np.testing.assert_allclose(s.diagnostics()["last_refit"]["optimum"], 1.0 / 3.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("opts", "match"), [
+    ({"min_prior_share": 1.5}, "min_prior_share"),
+    ({"unidentified": "drop"}, "unidentified"),
+    ({"shrink": -0.1}, "shrink"),
+])
+def test_bad_guard_options_are_named(opts: dict, match: str) -> None:
+    with pytest.raises(SamplerError, match=match):
+        build("transfer", DOMAINS, **BASE, **opts)
+
+
+def test_project_to_floors_keeps_ratios_above_floors() -> None:
+    w = project_to_floors(np.array([0.9, 0.09, 0.01]), np.array([0.0, 0.2, 0.1]))
+    assert w.sum() == pytest.approx(1.0)
+    assert w[1] == pytest.approx(0.2) and w[2] == pytest.approx(0.1)
+    assert w[0] == pytest.approx(0.7)
