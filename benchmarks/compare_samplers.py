@@ -50,14 +50,27 @@ def run_simulated(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pretrain(args: argparse.Namespace) -> int:  # pragma: no cover - placeholder for the real-training branch
-    raise SystemExit("--pretrain is not wired in yet: see mixpretrain/eval/compare.py")
+def run_pretrain(args: argparse.Namespace) -> int:
+    """Real pretraining through launch/pretrain.py; the logic lives in mixpretrain.eval.compare."""
+    from mixpretrain.eval.compare import cmd_compare
+
+    if not args.config:
+        raise SystemExit("compare_samplers.py --pretrain: error: --config configs/bench/<name>.yaml is required")
+    logging.getLogger("mixpretrain").setLevel(logging.INFO)  # progress of the runs (minutes each)
+    try:
+        return cmd_compare(args.config, samplers=args.samplers, seeds=args.seeds, out=args.out, as_json=args.json)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise SystemExit(f"compare_samplers.py --pretrain: error: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--simulated", action="store_true", help="worlds with known laws (fast, CPU)")
+    mode.add_argument("--pretrain", action="store_true", help="real pretraining of every sampler (needs --config)")
+    parser.add_argument("--config", help="--pretrain: bench config, e.g. configs/bench/cpu_tiny.yaml")
+    parser.add_argument("--seeds", type=int, help="--pretrain: seeds per sampler (default: the config's bench.seeds)")
+    parser.add_argument("--out", help="--pretrain: output folder (default: outputs/bench/<config name>/compare)")
     parser.add_argument("--worlds", type=int, default=20, help="number of simulated worlds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world generator")
     parser.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle",
@@ -72,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     from mixpretrain.samplers import SamplerError
 
     try:
+        if args.pretrain:  # --samplers left at the simulated default: the config's bench.samplers apply
+            args.samplers = None if args.samplers == parser.get_default("samplers") else args.samplers
+            return run_pretrain(args)
         if args.simulated:
             return run_simulated(args)
     except SamplerError as exc:  # e.g. an unknown name in --samplers

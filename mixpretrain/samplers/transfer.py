@@ -60,7 +60,7 @@ class TransferSampler(MixtureSampler):
     name = "transfer"
     OPTIONS = {
         "family": "auto",  # auto (prequential choice among power, linear, transfer) or one family for fit_laws
-        "prior": "uniform",  # centre of exploration and the mixture before the first fit: uniform | proportional
+        "prior": "auto",  # centre of exploration, fallback and floors: auto (proportional given available) | uniform | proportional
         "explore_fraction": 0.15,  # share of total_budget spent exploring
         "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
         "explore_block": 1,  # observations per boosted domain during exploration
@@ -122,8 +122,8 @@ class TransferSampler(MixtureSampler):
         if "repetition" in listed and self.available is None:
             raise SamplerError("sampler 'transfer' family 'repetition' needs option 'available' (unique samples per domain)")
         self.family = "auto" if fam == "auto" else tuple(listed)  # candidates, simplest first as given
-        if o["prior"] not in ("uniform", "proportional"):
-            raise SamplerError(f"sampler 'transfer' option 'prior': expected uniform or proportional, got {o['prior']!r}")
+        if o["prior"] not in ("auto", "uniform", "proportional"):
+            raise SamplerError(f"sampler 'transfer' option 'prior': expected auto, uniform or proportional, got {o['prior']!r}")
         if o["prior"] == "proportional" and self.available is None:
             raise SamplerError("sampler 'transfer' option prior='proportional' needs option 'available'")
         if o["fit_on"] not in ("val", "both"):
@@ -158,7 +158,10 @@ class TransferSampler(MixtureSampler):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
     def _prior(self) -> np.ndarray:
-        if self.options["prior"] == "proportional":
+        # auto: the natural mixture when the data sizes are known. In real runs it was the best
+        # baseline, and the guards fall back to the prior wherever the laws are not identified.
+        prior = self.options["prior"]
+        if prior == "proportional" or (prior == "auto" and self.available is not None):
             w = self.available / self.available.sum() if self.available.sum() > 0 else np.full(self.k, 1.0 / self.k)
         else:
             w = np.full(self.k, 1.0 / self.k)

@@ -103,3 +103,10 @@ def test_project_to_floors_keeps_ratios_above_floors() -> None:
     assert w.sum() == pytest.approx(1.0)
     assert w[1] == pytest.approx(0.2) and w[2] == pytest.approx(0.1)
     assert w[0] == pytest.approx(0.7)
+
+
+def test_default_prior_is_proportional_when_available_is_given() -> None:
+    available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
+    s = build("transfer", DOMAINS, **BASE, available=available)
+    np.testing.assert_allclose(s.prior_w, np.array([20.0, 6.0, 2.0]) / 28.0)
+    np.testing.assert_allclose(build("transfer", DOMAINS, **BASE).prior_w, 1.0 / 3.0)
