@@ -120,6 +120,8 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="edge length of each cubic volume (voxels)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom domains")
+    p.add_argument("--labels", metavar="TASKS_DIR",
+                   help="also write phantom lesion tasks (classification CSV + Decathlon-layout segmentation) to TASKS_DIR")
     p.set_defaults(func=_run_synth)
 
 
@@ -135,6 +137,12 @@ def _run_synth(args: argparse.Namespace) -> int:
     if result is not None:
         log.debug("synth result: %s", result)
     print(f"wrote {len(domains)} phantom domain(s) x {args.cases} case(s) to {args.out}")
+    if args.labels:
+        from mixpretrain.eval.phantom_tasks import write_phantom_tasks
+
+        # at least 4 cases so both classes appear in both splits
+        write_phantom_tasks(args.labels, max(args.cases, 4), args.size, seed=args.seed, overwrite=args.overwrite)
+        print(f"wrote phantom lesion tasks to {args.labels}")
     return 0
 
 

@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(func=cmd_fit)
 
+    p = lsub.add_parser("pilot", help="run (or emit) the pilot grid through the trainer, collect, fit the laws, "
+                        "write the allocation")
+    from mixpretrain.eval.pilot import add_pilot_arguments, cmd_pilot  # no torch import at module level
+
+    add_pilot_arguments(p)
+    p.set_defaults(func=cmd_pilot)
+
     p = lsub.add_parser("predict", help="predict per-domain losses for given consumption")
     p.add_argument("laws", help="laws.json")
     g = p.add_mutually_exclusive_group(required=True)

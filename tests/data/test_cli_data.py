@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,13 @@ def test_synth_writes_verifiable_shards(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["synth", "--out", str(out), "--domains", "ct", "--cases", "3", "--size", "16", "--overwrite"]) == 0
     assert S.load_index(out)["domains"]["ct"]["samples"] == 3
+
+
+def test_synth_labels_writes_phantom_tasks(tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    assert main(["synth", "--out", str(tmp_path / "shards"), "--domains", "ct", "--cases", "4",
+                 "--size", "16", "--labels", str(tasks)]) == 0
+    dataset = json.loads((tasks / "dataset.json").read_text())
+    assert len(dataset["training"]) + len(dataset["validation"]) == 4
+    assert (tasks / "classification.csv").read_text().splitlines()[0].startswith("image")
+    assert len(list((tasks / "labelsTr").iterdir())) == 4

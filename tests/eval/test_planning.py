@@ -68,21 +68,16 @@ def test_launch_commands() -> None:
 
 
 def test_pilot_cli_emit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """The `laws pilot` arguments and handler (the lead wires them under `laws`), in emit mode."""
-    import argparse
-
+    """`mixpretrain laws pilot` through the real CLI, in emit mode."""
+    from mixpretrain.cli import main
     from mixpretrain.data.synth import write_phantom_shards
-    from mixpretrain.eval.pilot import add_pilot_arguments, cmd_pilot
 
     write_phantom_shards(tmp_path / "shards", ["ct", "mri"], cases=4, size=16)
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"data": {"shards": str(tmp_path / "shards"), "crop_size": 16},
                                     "model": {"patch_size": 8}, "train": {"micro_batch_size": 4}}))
-    parser = argparse.ArgumentParser()
-    add_pilot_arguments(parser)
-    args = parser.parse_args(["--base-config", str(base), "--budgets", "8,16,32", "--random", "1",
-                              "--mode", "emit", "-o", str(tmp_path / "pilot")])
-    assert cmd_pilot(args) == 0
+    assert main(["laws", "pilot", "--base-config", str(base), "--budgets", "8,16,32", "--random", "1",
+                 "--mode", "emit", "-o", str(tmp_path / "pilot")]) == 0
     assert "15 pilot commands" in capsys.readouterr().out  # (2 single + uniform + proportional + 1 random) x 3 budgets
     plan = json.loads((tmp_path / "pilot" / "plan.json").read_text())
     assert plan["unique"] == {"ct": 3 * 4, "mri": 3 * 4}  # train volumes x crops_per_volume (default 4)
