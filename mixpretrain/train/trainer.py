@@ -27,6 +27,7 @@ from mixpretrain.train.checkpoint import Checkpointer
 from mixpretrain.train.evaluator import Evaluator
 from mixpretrain.train.loggers import JsonlWriter, Progress, WandbLogger, transfer_heatmap
 from mixpretrain.train.meters import DomainMeter, SpeedMonitor, Stopwatch
+from mixpretrain.train.profiling import StepProfiler
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class Trainer:
         global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * self.info.world_size
         it = iter(self.loader)
         self.engine.train()
+        profiler = StepProfiler.from_env(self.out / "profile", self.info.is_main)
         record: dict[str, Any] = {}
         try:
             while s.step < cfg.train.max_steps:
@@ -178,6 +180,8 @@ class Trainer:
                     record = self._log(loss, val, start_time)
                 if s.step % cfg.train.checkpoint_every == 0 or s.step == cfg.train.max_steps:
                     self.save()
+                if profiler is not None:
+                    profiler.after_step(s.step)
         finally:
             self._close_loggers()
         return record
