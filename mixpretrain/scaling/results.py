@@ -48,16 +48,21 @@ def _number(path: Path, line: int, col: str, text: str, allow_empty: bool) -> fl
         raise ValueError(f"{path}: line {line}, column {col}: {text!r} is not a number") from exc
 
 
-def read_results(path: str | Path) -> Results:
-    """Read and check a results CSV; errors name the file, line and column."""
-    path = Path(path)
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header (stripped of spaces) and rows of a CSV; a missing file is named with its role."""
     if not path.is_file():
-        raise FileNotFoundError(f"results CSV {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
-        rows = list(reader)
+        return header, list(reader)
+
+
+def read_results(path: str | Path) -> Results:
+    """Read and check a results CSV; errors name the file, line and column."""
+    path = Path(path)
+    header, rows = _read_csv(path, "results CSV")
     if "run" not in header:
         raise ValueError(f"{path}: missing column 'run' (header: {', '.join(header) or 'empty'})")
     d_cols = [h[2:] for h in header if h.startswith("D_")]
@@ -108,13 +113,7 @@ def write_results(path: str | Path, runs: list[str], domains: tuple[str, ...] | 
 def read_mixes(path: str | Path, domains: tuple[str, ...]) -> np.ndarray:
     """``D_<domain>`` columns of a CSV, in the law's domain order (other columns ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mixes CSV {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = list(reader)
+    header, rows = _read_csv(path, "mixes CSV")
     missing = [f"D_{d}" for d in domains if f"D_{d}" not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (the law's domains are {', '.join(domains)})")
