@@ -11,8 +11,13 @@ laws, how often it beats ``proportional``, how often it beats proportional, unif
 on the "hard" worlds (oracle >= 3% better than proportional), hub/island recovery and time.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
-A real-training mode (``--pretrain --config ...``) belongs in ``run_pretrain`` below: add the
-flag to the ``mode`` group and dispatch to it in ``main``.
+    python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
+
+``--pretrain``: every sampler trains the same data, model, budget and seeds through the real
+trainer (``launch/pretrain.py``); the table gives final validation loss per domain, mean
+normalised loss (1 = ``proportional``), improvement per domain, realised consumption and the hubs
+and islands ``transfer`` found, with loss-curve and weight plots. The logic lives in
+``mixpretrain.eval.compare``.
 """
 
 from __future__ import annotations

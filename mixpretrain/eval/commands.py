@@ -1,6 +1,7 @@
 """``mixpretrain eval ...``: downstream evaluation of a pretrained encoder.
 
     mixpretrain eval synth-tasks --out DIR [--cases 16 --size 32 --seed 0 --domain ct --overwrite]
+                                 [--lesion-contrast 1 --lesion-radius 0.10,0.15]
     mixpretrain eval classify --encoder enc.pt --data DIR/classification.csv [--mode probe|finetune|both]
     mixpretrain eval segment  --encoder enc.pt --data DIR [--steps 100 --compare-scratch]
 
@@ -16,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+LESION_RADIUS = (0.10, 0.15)  # = phantom_tasks.LESION_RADIUS (not imported: keeps the CLI import light)
+
 
 def _size(text: str) -> list[int]:
     parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
@@ -24,6 +27,15 @@ def _size(text: str) -> list[int]:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"expected one int or three (e.g. 32 or 32,32,16), got {text!r}")
     return parts
+
+
+def _radius(text: str) -> tuple[float, float]:
+    parts = [float(p) for p in text.split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0.15,0.25), got {text!r}")
+    return parts[0], parts[1]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--domain", default="ct", help="phantom preset: ct, mri, pet, ...")
     t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--lesion-contrast", type=float, default=1.0,
+                   help="multiplier on the lesion-vs-liver contrast (1: the pretraining phantoms'; 3: CNR ~2-5 at 40^3)")
+    t.add_argument("--lesion-radius", type=_radius, default=LESION_RADIUS,
+                   help="LOW,HIGH lesion radius as a fraction of half the grid (default 0.10,0.15; >= 2 voxels)")
     t.set_defaults(func=_synth_tasks)
 
     c = sub.add_parser("classify", help="linear probe and/or fine-tuning on pooled encoder features")
@@ -79,7 +95,8 @@ def _synth_tasks(args: argparse.Namespace) -> int:
     from .phantom_tasks import write_phantom_tasks
 
     summary = write_phantom_tasks(args.out, args.cases, tuple(args.size), seed=args.seed,
-                                  overwrite=args.overwrite, domain=args.domain)
+                                  overwrite=args.overwrite, domain=args.domain,
+                                  lesion_radius=args.lesion_radius, lesion_contrast=args.lesion_contrast)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -127,7 +144,8 @@ def _segment(args: argparse.Namespace) -> int:
     for init in ("pretrained", "scratch"):
         if init in result:
             r = result[init]
-            per = "  ".join(f"{k} {_fmt(v)}" for k, v in r["dice"].items())
+            per = "  ".join(f"{k} {_fmt(v)} ({r['dice_cases'][k]} cases, {r['false_positive_cases'][k]} FP)"
+                            for k, v in r["dice"].items())
             lines.append(f"  {init:10s} mean Dice {_fmt(r['mean_dice'])}  |  {per}  ({r['seconds']} s)")
     if "mean_dice_ratio_pretrained_vs_scratch" in result:
         lines.append(f"  pretrained / scratch mean Dice: {result['mean_dice_ratio_pretrained_vs_scratch']:.3f}x")

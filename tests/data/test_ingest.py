@@ -215,8 +215,11 @@ def test_interrupted_ingest_leaves_only_complete_indexed_shards(tmp_path, real_d
     out = tmp_path / "shards"
     cmd = [sys.executable, "-m", "mixpretrain.cli", "ingest", "--input", str(real_data_dir / "mri"),
            "--modality", "mri", "--domain", "m", "--out", str(out), "--shard-size", "1", "--no-progress"]
+    # SIGINT back to its default in the child: a test run started in the background (`make test &`)
+    # inherits SIGINT ignored, Python then keeps it ignored, and the ingest would never see the Ctrl-C.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "m" / "train-000000.tar").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

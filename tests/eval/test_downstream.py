@@ -11,11 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mixpretrain.cli import main as cli_main
+from mixpretrain.eval import commands, phantom_tasks
 from mixpretrain.eval.classify import ClassifyConfig, read_classification_csv, run_classification
 from mixpretrain.eval.phantom_tasks import write_phantom_tasks
-from mixpretrain.eval.segment import SegmentConfig, read_decathlon, run_segmentation
+from mixpretrain.eval.segment import SegmentConfig, _ratio, dice_per_class, read_decathlon, run_segmentation
 from mixpretrain.models import build_mae, save_encoder
 
 SIZE = 16
@@ -59,6 +61,60 @@ def test_phantom_tasks_layout_and_determinism(tasks: Path, tmp_path: Path) -> No
         write_phantom_tasks(tmp_path / "again", cases=8, size=SIZE, seed=3)
 
 
+def _lesion_stats(root: Path) -> tuple[int, list[float]]:
+    """(lesion voxels over all cases, liver-minus-lesion mean intensity per lesion case)."""
+    voxels, gaps = 0, []
+    for lab_path in sorted((root / "labelsTr").iterdir()):
+        lab = np.asarray(nib.load(lab_path).dataobj)
+        img = np.asarray(nib.load(root / "imagesTr" / lab_path.name).dataobj)
+        voxels += int((lab == 4).sum())
+        if (lab == 4).any() and (lab == 1).any():  # a big lesion can swallow a 16^3 liver
+            gaps.append(float(img[lab == 1].mean() - img[lab == 4].mean()))
+    return voxels, gaps
+
+
+def test_phantom_lesion_size_and_contrast_options(tmp_path: Path) -> None:
+    write_phantom_tasks(tmp_path / "base", cases=4, size=SIZE, seed=3, lesion_radius=(0.25, 0.25))
+    strong = write_phantom_tasks(tmp_path / "strong", cases=4, size=SIZE, seed=3, lesion_radius=(0.25, 0.25),
+                                 lesion_contrast=3.0)
+    big = write_phantom_tasks(tmp_path / "big", cases=4, size=SIZE, seed=3, lesion_radius=(0.45, 0.45))
+    assert strong["lesion_contrast"] == 3.0 and big["lesion_radius"] == [0.45, 0.45]
+    (n_base, gap_base), (n_strong, gap_strong) = _lesion_stats(tmp_path / "base"), _lesion_stats(tmp_path / "strong")
+    assert n_strong == n_base > 0  # contrast changes the image only, not the labels
+    # CT lesion 15 HU in a 60 HU liver; x3: -75 HU, i.e. 90 HU (0.18 of the window) darker, less after blur.
+    assert gap_base
+    for g1, g3 in zip(gap_base, gap_strong, strict=True):
+        assert g3 > g1 + 0.05 and g3 > 0
+    assert _lesion_stats(tmp_path / "big")[0] > n_base
+    for bad in ({"lesion_radius": (0.2, 0.1)}, {"lesion_radius": (0.0, 0.1)}, {"lesion_contrast": 0.0}):
+        with pytest.raises(ValueError, match="lesion_"):
+            write_phantom_tasks(tmp_path / "bad", cases=4, size=SIZE, **bad)
+    assert commands.LESION_RADIUS == phantom_tasks.LESION_RADIUS  # CLI default = library default
+
+
+class _LabelEcho(torch.nn.Module):
+    """'Predicts' the label stored in the input's channel 0 (one-hot logits)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.nn.functional.one_hot(x[:, 0].long(), 3).permute(0, 4, 1, 2, 3).float()
+
+
+def test_dice_per_class_counts_cases_and_false_positives() -> None:
+    truth = torch.zeros(3, 1, 4, 4, 4, dtype=torch.long)
+    truth[:, 0, :2] = 1  # class 1 in every case
+    truth[0, 0, 3, :2, :2] = 2  # class 2 (the "lesion") in case 0 only
+    pred = truth.clone().float()
+    pred[1, 0, 3, 0, 0] = 2  # a false-positive class-2 voxel in case 1
+    out = dice_per_class(_LabelEcho(), pred, truth, 3, batch_size=2, device=torch.device("cpu"))
+    assert out["dice"] == [1.0, 1.0]  # class 2: over case 0 only; case 1's false positive is not in Dice
+    assert out["cases"] == [3, 1] and out["false_positive_cases"] == [0, 1]
+
+
+def test_ratio_edge_cases() -> None:
+    assert _ratio(0.5, 0.25) == 2.0 and _ratio(0.5, 0.0) == math.inf
+    assert math.isnan(_ratio(0.0, 0.0)) and math.isnan(_ratio(float("nan"), 0.3))
+
+
 def test_classify_probe_and_finetune_report_metrics(tasks: Path, encoder: Path) -> None:
     cfg = ClassifyConfig(probe_steps=50, finetune_steps=3, batch_size=4)
     result = run_classification(encoder, tasks / "classification.csv", cfg)
@@ -76,7 +132,11 @@ def test_segment_reports_dice_per_class_pretrained_and_scratch(tasks: Path, enco
         assert list(dice) == ["liver", "spleen", "kidney", "lesion"]
         assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in dice.values())
         assert math.isfinite(result[init]["final_train_loss"])
+        assert set(result[init]["dice_cases"]) == set(dice) == set(result[init]["false_positive_cases"])
+        assert result[init]["dice_cases"]["liver"] == result["n_val"]
     assert "mean_dice_ratio_pretrained_vs_scratch" in result
+    assert list(result["dice_ratio_pretrained_vs_scratch"]) == list(dice)
+    assert "include_background': False" in result["loss"]
 
 
 def test_patch_size_mismatch_is_a_clear_error(tasks: Path, encoder: Path) -> None:

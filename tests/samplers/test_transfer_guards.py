@@ -70,14 +70,43 @@ def test_unidentified_domain_keeps_its_prior_share() -> None:
 
 def test_proportional_prior_floors_follow_the_prior() -> None:
     available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
+    prior = np.array([20.0, 6.0, 2.0]) / 28.0
     s = build("transfer", DOMAINS, **BASE, prior="proportional", available=available, min_prior_share=0.8)
     w = np.array(run(s))
-    prior = np.array([20.0, 6.0, 2.0]) / 28.0
+    # The flat domain's law is never identified: its floor never relaxes, whatever the others do.
+    assert np.all(w[:, 0] >= 0.8 * prior[0] - 1e-9), w[:, 0].min()
+    # Before the first refit (no evidence about any law yet) every floor follows the prior.
+    first = BASE["min_points"]
+    assert s.counters["refits"] > 0
+    assert np.all(w[:first] >= 0.8 * prior - 1e-9), w[:first].min(axis=0)
+    # With floor_relax 0 the floors never relax (the behaviour before evidence-relaxed floors).
+    s = build("transfer", DOMAINS, **BASE, prior="proportional", available=available, min_prior_share=0.8,
+              floor_relax=0.0)
+    w = np.array(run(s))
     assert np.all(w >= 0.8 * prior - 1e-9), w.min(axis=0)
 
 
+def test_floors_relax_only_for_identified_domains() -> None:
+    """mri and pet follow clean power laws: their floors relax as successive refits identify them;
+    the flat ct's law is on a bound or unresolved, so its floor stays at min_prior_share x prior."""
+    s = build("transfer", DOMAINS, **BASE)
+    run(s)
+    full = 0.5 / 3.0
+    assert s.floors[0] == pytest.approx(full)
+    assert s.doubt[0] == 1.0
+    assert np.all(s.floors[1:] < 0.5 * full), s.floors
+    restored = build("transfer", DOMAINS, **BASE)
+    restored.load_state_dict(s.state_dict())
+    np.testing.assert_array_equal(restored.floors, s.floors)
+    old = s.state_dict()
+    del old["doubt"]  # a state saved before floors relaxed: full floors, no evidence yet
+    restored.load_state_dict(old)
+    np.testing.assert_allclose(restored.floors, full)
+
+
 def test_full_prior_share_pins_the_prior() -> None:
-    s = build("transfer", DOMAINS, **BASE, min_prior_share=1.0, dither=0.3)
+    # floor_relax 0: the floors never relax, so min_prior_share 1 pins the prior for good.
+    s = build("transfer", DOMAINS, **BASE, min_prior_share=1.0, dither=0.3, floor_relax=0.0)
     for w in run(s, steps=20):
         np.testing.assert_allclose(w, 1.0 / 3.0, atol=1e-12)
 
@@ -92,6 +121,7 @@ def test_shrink_pulls_the_optimum_to_the_prior() -> None:
     ({"min_prior_share": 1.5}, "min_prior_share"),
     ({"unidentified": "drop"}, "unidentified"),
     ({"shrink": -0.1}, "shrink"),
+    ({"floor_relax": 2.0}, "floor_relax"),
 ])
 def test_bad_guard_options_are_named(opts: dict, match: str) -> None:
     with pytest.raises(SamplerError, match=match):
