@@ -420,7 +420,7 @@ class TransferSampler(MixtureSampler):
         1 - (1 - floor_relax)^n (r = 0.5: half, 3/4, 7/8, ...), and one refit with the law on a
         bound again restores the full floor, so a domain whose fit keeps touching the bounds —
         nearly every domain at nearly every refit in the real cpu_tiny runs — keeps it."""
-        return np.maximum(self.floor, self.floor + (self.prior_floors - self.floor) * self.doubt)
+        return self.floor + (self.prior_floors - self.floor) * self.doubt  # prior_floors >= floor, doubt in [0, 1]
 
     def _optimum(self, law: Any) -> np.ndarray:
         from mixpretrain.scaling import allocate
