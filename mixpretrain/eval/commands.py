@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 LESION_RADIUS = (0.10, 0.15)  # = phantom_tasks.LESION_RADIUS (not imported: keeps the CLI import light)
+VAL_FRACTION = 0.25  # = phantom_tasks.VAL_FRACTION (same reason)
 
 
 def _size(text: str) -> list[int]:
@@ -69,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="multiplier on the lesion-vs-liver contrast (1: the pretraining phantoms'; 3: CNR ~2-5 at 40^3)")
     t.add_argument("--lesion-radius", type=_radius, default=LESION_RADIUS,
                    help="LOW,HIGH lesion radius as a fraction of half the grid (default 0.10,0.15; >= 2 voxels)")
+    t.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help=f"share of cases held out for validation (default {VAL_FRACTION})")
     t.set_defaults(func=_synth_tasks)
 
     c = sub.add_parser("classify", help="linear probe and/or fine-tuning on pooled encoder features")
@@ -96,7 +99,8 @@ def _synth_tasks(args: argparse.Namespace) -> int:
 
     summary = write_phantom_tasks(args.out, args.cases, tuple(args.size), seed=args.seed,
                                   overwrite=args.overwrite, domain=args.domain,
-                                  lesion_radius=args.lesion_radius, lesion_contrast=args.lesion_contrast)
+                                  lesion_radius=args.lesion_radius, lesion_contrast=args.lesion_contrast,
+                                  val_fraction=args.val_fraction)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -8,11 +8,14 @@ this module removes before the trainer sees it::
       seeds: 1                      # seeds train.seed, train.seed+1, ...
       phantom: {size: 32, seed: 0, cases: {ct: 48, mri: 16, pet: 8}}   # synthesised if data.shards lacks index.json
       sampler_options: {transfer: {explore_fraction: 0.2}}              # per sampler, merged into sampler.options
+      final_evals: 5                # "final" validation loss = mean of the last 5 evaluations (default 1)
 
 For every (sampler, seed) one run config is written to ``OUT/configs/`` -- only ``output_dir``,
 ``sampler.name``, ``sampler.options`` and ``train.seed`` differ -- and trained through
 ``launch/pretrain.py`` as a subprocess. Then, per sampler (mean over seeds): final validation
-loss per domain; mean normalised loss (each domain's loss divided by ``proportional``'s loss
+loss per domain (the mean of the last ``final_evals`` evaluations: one evaluation of a small model
+on a few fixed crops swings by 2-4% from one evaluation to the next late in training, as much
+as the mixture effects measured); mean normalised loss (each domain's loss divided by ``proportional``'s loss
 with the same seed -- or by the mean over samplers when ``proportional`` did not run -- then
 averaged over domains); improvement over ``proportional`` per domain and on average; realised
 consumption; for ``transfer`` the hubs and islands of its last law. Written to
@@ -37,6 +40,7 @@ from .runner import read_metrics, run_one
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDED = ("fixed",)  # needs explicit weights; not a policy to compare
+BENCH_KEYS = ("samplers", "seeds", "phantom", "sampler_options", "final_evals")
 
 
 def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,9 +56,12 @@ def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     bench = raw.pop("bench", {}) or {}
-    unknown = sorted(set(bench) - {"samplers", "seeds", "phantom", "sampler_options"})
+    unknown = sorted(set(bench) - set(BENCH_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown bench key(s) {unknown}; valid: samplers, seeds, phantom, sampler_options")
+        raise ValueError(f"{path}: unknown bench key(s) {unknown}; valid: {', '.join(BENCH_KEYS)}")
+    final_evals = bench.get("final_evals", 1)
+    if isinstance(final_evals, bool) or not isinstance(final_evals, int) or final_evals < 1:
+        raise ValueError(f"{path}: bench.final_evals must be an integer >= 1, got {final_evals!r}")
     try:
         run = config_to_dict(config_from_dict(raw))
     except ValueError as exc:
@@ -118,8 +125,9 @@ def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str
     return runs
 
 
-def summarise_run(run_dir: Path) -> dict[str, Any]:
-    """Curves and final values of one finished run from its metrics.jsonl / sampler.jsonl."""
+def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
+    """Curves and final values of one finished run from its metrics.jsonl / sampler.jsonl.
+    ``final_val`` is the mean of the last ``final_evals`` validation records."""
     recs = read_metrics(run_dir)
     if not recs:
         raise ValueError(f"{run_dir}: no metrics.jsonl records")
@@ -127,11 +135,14 @@ def summarise_run(run_dir: Path) -> dict[str, Any]:
     if not val_recs:
         raise ValueError(f"{run_dir}: no validation records (val/<domain>)")
     domains = list(recs[-1]["consumed"])
-    final = val_recs[-1]
+    last = val_recs[-final_evals:]
+    final = last[-1]
     out: dict[str, Any] = {
         "domains": domains,
         "final_step": int(final["step"]),
-        "final_val": {d: float(final[f"val/{d}"]) for d in domains if f"val/{d}" in final},
+        "final_evals": [int(r["step"]) for r in last],  # the steps averaged into final_val
+        "final_val": {d: float(np.mean([r[f"val/{d}"] for r in last if f"val/{d}" in r]))
+                      for d in domains if f"val/{d}" in final},
         "consumed": {d: float(n) for d, n in recs[-1]["consumed"].items()},
         "val_curve": {d: [[int(r["step"]), float(r[f"val/{d}"])] for r in val_recs if f"val/{d}" in r] for d in domains},
         "weights_curve": [[int(r["step"]), [float(r["weights"][d]) for d in domains]] for r in recs if "weights" in r],
@@ -221,7 +232,9 @@ def format_table(result: dict[str, Any]) -> str:
         if row.get("hubs") is not None or row.get("islands") is not None:
             notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
     ref = result["reference"]
-    lines.append(f"\nnormalised by {ref} (same seed); Δ% = improvement over {ref} (positive = lower loss); "
+    k = int(result.get("final_evals", 1))
+    val = "val = last validation loss" if k == 1 else f"val = mean of the last {k} validation losses"
+    lines.append(f"\n{val}; normalised by {ref} (same seed); Δ% = improvement over {ref} (positive = lower loss); "
                  "consumed = realised fraction of samples per domain")
     return "\n".join(lines + notes)
 
@@ -307,10 +320,10 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         status[r["name"]] = run_one(r["config"], r["run_dir"], r["max_steps"], out / "logs" / f"{r['name']}.log",
                                     launcher, nproc, timeout)
         if status[r["name"]]["status"] != "failed":
-            per_run[r["name"]] = summarise_run(r["run_dir"])
+            per_run[r["name"]] = summarise_run(r["run_dir"], int(bench.get("final_evals", 1)))
     result = build_table(runs, per_run)
     result.update({
-        "config": str(config), "seeds": seeds, "launcher": launcher, "nproc": nproc, "runs": status,
+        "config": str(config), "seeds": seeds, "final_evals": int(bench.get("final_evals", 1)), "launcher": launcher, "nproc": nproc, "runs": status,
         "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     })

@@ -113,6 +113,7 @@ def write_phantom_tasks(
     domain: str = "ct",
     lesion_radius: tuple[float, float] = LESION_RADIUS,
     lesion_contrast: float = 1.0,
+    val_fraction: float = VAL_FRACTION,
 ) -> dict:
     """Write the phantom classification and segmentation tasks; return a summary dict.
 
@@ -120,6 +121,8 @@ def write_phantom_tasks(
     ``lesion_radius``: (low, high) lesion radius as a fraction of half the grid size (at least 2
     voxels). ``lesion_contrast``: multiplier on the domain's lesion-vs-liver contrast (1: the
     pretraining phantoms' contrast, e.g. CT lesion 15 HU in a 60 HU liver; 3: -75 HU).
+    ``val_fraction``: share of cases held out (at least 2, at most cases - 2); a larger held-out
+    split makes Dice/AUC comparisons between encoders less noisy.
     Both classes appear in both splits whenever ``cases >= 4``.
     """
     import nibabel as nib
@@ -132,11 +135,13 @@ def write_phantom_tasks(
         raise ValueError(f"lesion_radius must be (low, high) with 0 < low <= high <= 1, got {lesion_radius!r}")
     if not lesion_contrast > 0.0:
         raise ValueError(f"lesion_contrast must be > 0 (0 would hide the lesion), got {lesion_contrast!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     out = Path(out_dir)
     _prepare(out, overwrite)
     order = np.random.default_rng(seed).permutation(cases)
     has_lesion = {int(c): bool(i % 2) for i, c in enumerate(order)}
-    n_val = max(2, int(round(cases * VAL_FRACTION)))
+    n_val = min(cases - 2, max(2, int(round(cases * val_fraction))))
     val_ids = {int(c) for c in order[:n_val]}  # a prefix of the alternating order: both classes
     spacing = 320.0 / max(shape)  # the phantoms' ~32 cm field of view
     affine = np.diag([spacing, spacing, spacing, 1.0])  # RAS

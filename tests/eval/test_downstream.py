@@ -90,6 +90,17 @@ def test_phantom_lesion_size_and_contrast_options(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="lesion_"):
             write_phantom_tasks(tmp_path / "bad", cases=4, size=SIZE, **bad)
     assert commands.LESION_RADIUS == phantom_tasks.LESION_RADIUS  # CLI default = library default
+    assert commands.VAL_FRACTION == phantom_tasks.VAL_FRACTION
+
+
+def test_phantom_tasks_val_fraction(tmp_path):
+    half = write_phantom_tasks(tmp_path / "half", cases=8, size=SIZE, seed=1, val_fraction=0.5)
+    assert half["val_cases"] == 4
+    dataset = json.loads((tmp_path / "half" / "dataset.json").read_text())
+    assert len(dataset["training"]) == 4 and len(dataset["validation"]) == 4
+    assert write_phantom_tasks(tmp_path / "most", cases=6, size=SIZE, val_fraction=0.99)["val_cases"] == 4  # 2 kept for training
+    with pytest.raises(ValueError, match="val_fraction"):
+        write_phantom_tasks(tmp_path / "bad", cases=4, size=SIZE, val_fraction=1.0)
 
 
 class _LabelEcho(torch.nn.Module):

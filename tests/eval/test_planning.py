@@ -9,18 +9,19 @@ import pytest
 import yaml
 
 from mixpretrain.config import config_to_dict, load_config
-from mixpretrain.eval.compare import plan_runs, split_bench_config
+from mixpretrain.eval.compare import plan_runs, split_bench_config, summarise_run
 from mixpretrain.eval.runner import check_same_config, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["cpu_tiny", "gpu_small"])
+@pytest.mark.parametrize("name", ["cpu_tiny", "cpu_tiny_island", "gpu_small"])
 def test_bench_configs_are_valid_run_configs(name: str) -> None:
     run, bench = split_bench_config(REPO / "configs" / "bench" / f"{name}.yaml")
     assert {"transfer", "proportional", "uniform"} <= set(bench["samplers"])
-    assert bench["seeds"] == (1 if name == "cpu_tiny" else 2)
+    assert bench["seeds"] == (2 if name == "gpu_small" else 1)
     assert set(bench["phantom"]["cases"]) == {"ct", "mri", "pet", "cells"}
+    assert bench["final_evals"] == 5
 
 
 def test_plan_runs_differ_only_in_sampler_seed_and_output(tmp_path: Path) -> None:
@@ -37,6 +38,12 @@ def test_plan_runs_differ_only_in_sampler_seed_and_output(tmp_path: Path) -> Non
     assert cfgs["transfer-seed1"]["train"]["seed"] == 1
 
 
+def test_island_world_makes_the_island_the_largest_source() -> None:
+    """cpu_tiny_island exists to give proportional sampling something to get wrong (docs/eval.md)."""
+    cases = split_bench_config(REPO / "configs" / "bench" / "cpu_tiny_island.yaml")[1]["phantom"]["cases"]
+    assert max(cases, key=cases.get) == "cells" and cases["cells"] > sum(cases.values()) / 2
+
+
 def test_bench_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train": {"max_step": 3}}))
@@ -45,6 +52,24 @@ def test_bench_config_errors(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"bench": {"sampler": ["uniform"]}}))
     with pytest.raises(ValueError, match=r"unknown bench key\(s\) \['sampler'\]"):
         split_bench_config(bad)
+    for value in (0, 2.5, True):
+        bad.write_text(yaml.safe_dump({"bench": {"final_evals": value}}))
+        with pytest.raises(ValueError, match="bench.final_evals must be an integer >= 1"):
+            split_bench_config(bad)
+
+
+def test_final_val_is_the_mean_of_the_last_evaluations(tmp_path: Path) -> None:
+    """bench.final_evals: a single late evaluation swings by a few %, so the table can average the last k."""
+    recs = [{"step": 10 * i, "consumed": {"ct": 8 * i, "mri": 8 * i}, "loss": 1.0} for i in range(1, 7)]
+    for i, rec in enumerate(recs):
+        if i % 2:  # evaluations at steps 20, 40, 60
+            rec.update({"val/ct": 0.5 + 0.1 * i, "val/mri": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    last = summarise_run(tmp_path)
+    assert last["final_val"] == pytest.approx({"ct": 1.0, "mri": 1.0}) and last["final_evals"] == [60]
+    mean2 = summarise_run(tmp_path, final_evals=2)
+    assert mean2["final_val"]["ct"] == pytest.approx(0.9) and mean2["final_evals"] == [40, 60]
+    assert summarise_run(tmp_path, final_evals=10)["final_evals"] == [20, 40, 60]  # fewer evaluations than asked: all
 
 
 def test_a_run_dir_from_another_config_is_refused(tmp_path: Path) -> None:
