@@ -2,6 +2,7 @@
 """Compare mixture samplers.
 
     python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--json] [--timing]
+        [--forgetting] [--transfer-variants '{"name": {transfer options}, ...}']
 
 ``--simulated``: worlds whose losses follow known laws (random asymmetric transfer, hubs, islands,
 skewed data sizes, a misspecified family, noise); every sampler gets the same budget and
@@ -9,6 +10,9 @@ observation schedule; the table gives, per sampler, the mean objective relative 
 ``proportional`` (negative = better), the gap to the oracle allocation computed from the true
 laws, how often it beats ``proportional``, how often it beats proportional, uniform, ado and odm
 on the "hard" worlds (oracle >= 3% better than proportional), hub/island recovery and time.
+``--forgetting``: the same worlds plus forgetting (a starved domain's loss rises with its recent
+share; the oracle includes that penalty). ``--transfer-variants``: extra ``transfer`` rows with
+the given options (e.g. guard settings), side by side with the same baselines.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
@@ -33,14 +37,25 @@ def run_simulated(args: argparse.Namespace) -> int:
     from mixpretrain.samplers import simulate
 
     samplers = tuple(s for s in args.samplers.split(",") if s)
-    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers)
+    variants = None
+    if args.transfer_variants:
+        try:
+            variants = json.loads(args.transfer_variants)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"compare_samplers.py: error: --transfer-variants is not JSON: {exc}") from exc
+        if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+            raise SystemExit("compare_samplers.py: error: --transfer-variants must map names to option mappings")
+        samplers += tuple(v for v in variants if v not in samplers)
+    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
+                                    variants=variants)
     if args.timing:
         result["refit_timing"] = [simulate.refit_timing(k, rotate=r) for k, r in ((3, False), (10, False), (10, True))]
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
         return 0
-    print(f"# simulated sampler comparison: {args.worlds} worlds, seed {args.seed}, "
+    print(f"# simulated sampler comparison: {args.worlds} worlds, seed {args.seed}"
+          f"{', forgetting' if args.forgetting else ''}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(simulate.format_table(result["table"]))
     hard = result["hard_worlds"]
@@ -81,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle",
                         help="comma-separated registry names (oracle: fixed weights from the true laws)")
     parser.add_argument("--timing", action="store_true", help="also time transfer refits with 3 and 10 domains")
+    parser.add_argument("--forgetting", action="store_true",
+                        help="--simulated: the same worlds plus forgetting (loss rises with a low recent share)")
+    parser.add_argument("--transfer-variants", help="--simulated: JSON {row name: transfer options} of extra transfer rows")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -15,6 +15,15 @@ samplers, not from multinomial noise.
 Score: the allocation objective of ``mixpretrain.scaling.allocate``,
 J(D) = sum_j lambda_j L_j(D) / L_j(B / K) (1 = the uniform mixture), at the final consumption,
 on the noise-free law. The oracle is ``allocate`` on the true law with the same caps and floor.
+
+Forgetting (opt-in: ``make_world(..., forgetting=True)``, ``run_benchmark(..., forgetting=True)``;
+the default worlds are unchanged): a law in cumulative counts cannot see that a domain's loss
+rises when it is starved *now*. In a forgetting world the observed and scored loss of domain j is
+L_j(D) x (1 + beta_j x max(0, 1 - r_j / r0_j)), where r_j is an EMA of domain j's share of the
+recent samples (time constant ``forget_scale`` x budget samples, started at the first interval's
+mixture), r0_j its proportional share and beta_j in [0.05, 0.3] for about half of the domains (at
+least one), 0 for the others. The oracle then minimises J with the penalty at a constant mixture
+(r = w) over the simplex (scipy SLSQP from several starts), since ``allocate`` cannot see it.
 """
 
 from __future__ import annotations
@@ -99,25 +108,53 @@ class World:
     seed: int
     importance: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    forget_beta: np.ndarray | None = None  # per-domain forgetting strength; None: no forgetting
+    forget_scale: float = 0.1  # time constant of the recent-share EMA, as a share of the budget
+
+    @property
+    def forget_ref(self) -> np.ndarray:
+        """r0: the proportional share, the mixture at which forgetting costs nothing."""
+        return self.available / self.available.sum()
+
+    def penalty(self, recent: np.ndarray | None) -> np.ndarray | float:
+        """Loss multiplier 1 + beta x max(0, 1 - r / r0) for the recent shares r (1 without forgetting)."""
+        if self.forget_beta is None or recent is None:
+            return 1.0
+        return 1.0 + self.forget_beta * np.maximum(0.0, 1.0 - np.asarray(recent, float) / self.forget_ref)
+
+    def update_recent(self, recent: np.ndarray | None, w: np.ndarray, samples: float) -> np.ndarray | None:
+        """The recent-share EMA after ``samples`` more samples drawn with weights ``w``."""
+        if self.forget_beta is None:
+            return None
+        if recent is None:
+            return np.asarray(w, float).copy()
+        rate = 1.0 - np.exp(-samples / (self.forget_scale * self.budget))
+        return recent + rate * (np.asarray(w, float) - recent)
 
     @property
     def caps(self) -> np.ndarray:
         return self.max_epochs * self.available  # samples
 
-    def observed(self, D: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
-        base = self.law.predict(D)
+    def observed(self, D: np.ndarray, rng: np.random.Generator, sigma: float,
+                 recent: np.ndarray | None = None) -> np.ndarray:
+        base = self.law.predict(D) * self.penalty(recent)
         bump = 1.0 + self.transient * np.exp(-D.sum() / (0.01 * self.budget))
         return base * bump * np.exp(sigma * rng.standard_normal(len(self.domains)))
 
-    def objective(self, D: np.ndarray) -> float:
+    def objective(self, D: np.ndarray, recent: np.ndarray | None = None) -> float:
+        """J(D); in a forgetting world with the penalty of the recent shares ``recent`` (the
+        normalisation stays the law at the uniform allocation, the same for every sampler)."""
         k = len(self.domains)
         lam = np.full(k, 1.0 / k) if self.importance is None else self.importance / self.importance.sum()
         ref = self.law.predict(np.full(k, self.budget / k))
-        return float(np.sum(lam * self.law.predict(D) / ref))
+        return float(np.sum(lam * self.law.predict(D) * self.penalty(recent) / ref))
 
 
-def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 2.0e5) -> World:
-    """World number ``index`` of a benchmark seeded by ``seed``; kinds cycle through WORLD_KINDS."""
+def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 2.0e5,
+               forgetting: bool = False) -> World:
+    """World number ``index`` of a benchmark seeded by ``seed``; kinds cycle through WORLD_KINDS.
+    ``forgetting``: the same world (same law, data, noise) plus forgetting, drawn from its own
+    random stream so the world without it is unchanged (see the module docstring)."""
     from mixpretrain.scaling import LawFit
 
     rng = np.random.default_rng([seed, index, 11])
@@ -157,21 +194,64 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
                              "r_star": r_star, "unique": available})
     noise = float(rng.choice([0.003, 0.01, 0.02]))
     transient = float(rng.choice([0.0, 0.3]))
-    return World(name=f"w{index:02d}-{kind}", kind=kind, domains=domains, law=law, available=available,
-                 budget=budget, max_epochs=max_epochs, noise=noise, train_noise=2 * noise, transient=transient,
-                 seed=seed * 1000 + index, info=info)
+    beta = None
+    if forgetting:
+        frng = np.random.default_rng([seed, index, 13])
+        beta = np.where(frng.random(k) < 0.5, frng.uniform(0.05, 0.3, k), 0.0)
+        if not (beta > 0).any():
+            beta[int(frng.integers(k))] = float(frng.uniform(0.05, 0.3))
+        info["forget_beta"] = beta.tolist()
+    return World(name=f"w{index:02d}-{kind}" + ("-forget" if forgetting else ""), kind=kind, domains=domains, law=law,
+                 available=available, budget=budget, max_epochs=max_epochs, noise=noise, train_noise=2 * noise,
+                 transient=transient, seed=seed * 1000 + index, info=info, forget_beta=beta)
 
 
 def oracle(world: World, floor: float) -> Any:
+    """The true optimum (an object with ``weights``). No caps: the true law already charges for
+    repetition. With forgetting, J with the penalty of a constant mixture (r = w) is minimised over
+    the simplex with w >= floor (SLSQP from allocate's optimum, the proportional and the uniform
+    mixture; the best end point, and never worse than its start)."""
+    from types import SimpleNamespace
+
+    from scipy.optimize import minimize
+
     from mixpretrain.scaling import allocate
 
-    # No caps: the true law already charges for repetition, so this is the true optimum.
-    return allocate(world.law, world.budget, importance=world.importance, floor=floor)
+    alloc = allocate(world.law, world.budget, importance=world.importance, floor=floor)
+    if world.forget_beta is None:
+        return alloc
+    k = len(world.domains)
+
+    def J(w: np.ndarray) -> float:
+        w = np.maximum(w, floor)
+        w = w / w.sum()
+        return world.objective(world.budget * w, recent=w)
+
+    starts = [np.asarray(alloc.weights, float), world.forget_ref, np.full(k, 1.0 / k)]
+    best_w, best_j = None, np.inf
+    for w0 in starts:
+        w0 = np.maximum(w0, floor)
+        w0 = w0 / w0.sum()
+        res = minimize(J, w0, method="SLSQP", bounds=[(floor, 1.0)] * k,
+                       constraints=[{"type": "eq", "fun": lambda w: np.sum(w) - 1.0}],
+                       options={"ftol": 1e-12, "maxiter": 500})
+        for w in (np.asarray(res.x, float), w0):
+            w = np.maximum(w, floor)
+            w = w / w.sum()
+            j = J(w)
+            if j < best_j:
+                best_w, best_j = w, j
+    return SimpleNamespace(weights=best_w, objective=best_j)
 
 
-def sampler_options(world: World, name: str, floor: float, oracle_weights: np.ndarray) -> tuple[str, dict[str, Any]]:
-    """(registry name, options) for a sampler in a world: the same common options for all."""
+def sampler_options(world: World, name: str, floor: float, oracle_weights: np.ndarray,
+                    variants: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """(registry name, options) for a sampler in a world: the same common options for all.
+    ``variants``: {row name: options} of extra ``transfer`` rows (e.g. guard settings), each run
+    like ``transfer`` with those options on top."""
     common = {"seed": world.seed, "total_budget": world.budget, "available": world.available.tolist(), "floor": floor}
+    if variants and name in variants:
+        return "transfer", {**common, "max_epochs": world.max_epochs, **variants[name]}
     if name == "temperature":
         return name, {**common, "tau": 2.0, "max_epochs": world.max_epochs}
     if name == "transfer":
@@ -194,17 +274,20 @@ def run_sampler(world: World, name: str, options: dict[str, Any], intervals: int
     per_interval = world.budget / intervals
     rng = np.random.default_rng([world.seed, 5])
     history, refit_s = [], []
+    recent = None  # forgetting worlds: EMA of the recent mixture (None otherwise)
     t0 = time.perf_counter()
     for it in range(start, intervals):
         w = sampler.weights()
         history.append(w.tolist())
         before = consumed.copy()
         consumed = consumed + w * per_interval
+        recent = world.update_recent(recent, w, per_interval)
         step = it + 1
-        train = world.observed(0.5 * (before + consumed), np.random.default_rng([world.seed, step, 1]), world.train_noise)
+        train = world.observed(0.5 * (before + consumed), np.random.default_rng([world.seed, step, 1]), world.train_noise,
+                               recent)
         sampler.observe(step, consumed, _as_losses(world, train, rng), "train")
         if step % eval_every == 0:
-            val = world.observed(consumed, np.random.default_rng([world.seed, step, 2]), world.noise)
+            val = world.observed(consumed, np.random.default_rng([world.seed, step, 2]), world.noise, recent)
             before_refits = _refits(sampler)
             t1 = time.perf_counter()
             sampler.observe(step, consumed, dict(zip(world.domains, val.tolist(), strict=True)), "val")
@@ -212,7 +295,8 @@ def run_sampler(world: World, name: str, options: dict[str, Any], intervals: int
                 refit_s.append(time.perf_counter() - t1)
     return {
         "consumed": consumed,
-        "objective": world.objective(consumed),
+        "objective": world.objective(consumed, recent),
+        "recent": None if recent is None else recent.tolist(),
         "weights": history,
         "diagnostics": sampler.diagnostics(),
         "refit_seconds": refit_s,
@@ -243,18 +327,23 @@ def _jaccard(a: list[str], b: list[str]) -> float:
 
 
 def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, floor: float = 0.01,
-                   intervals: int = 60, eval_every: int = 3) -> dict[str, Any]:
+                   intervals: int = 60, eval_every: int = 3,
+                   variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run every sampler in one world; per-sampler objective and its ratios to the baselines."""
     from mixpretrain.scaling import hubs_and_islands
 
     orc = oracle(world, floor)
-    j_oracle = world.objective(world.budget * orc.weights)
+    j_oracle = world.objective(world.budget * orc.weights, recent=orc.weights)  # constant mixture: r = w
     results: dict[str, Any] = {}
     for name in samplers:
-        reg, opts = sampler_options(world, name, floor, orc.weights)
+        reg, opts = sampler_options(world, name, floor, orc.weights, variants)
         res = run_sampler(world, reg, opts, intervals, eval_every)
         rec = {"objective": res["objective"], "consumed": res["consumed"].tolist(), "seconds": res["seconds"],
                "refit_seconds": res["refit_seconds"]}
+        if res["recent"] is not None:
+            rec["recent"] = res["recent"]
+        if "harmed" in res["diagnostics"]:
+            rec["harmed"] = sorted(res["diagnostics"]["harmed"])
         diag = res["diagnostics"]
         if "hubs" in diag:
             truth = hubs_and_islands(world.law, res["consumed"], importance=world.importance)
@@ -262,12 +351,14 @@ def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, f
             rec["true_hubs"], rec["true_islands"] = truth["hubs"], truth["islands"]
             rec["hub_island_recovery"] = 0.5 * (_jaccard(diag["hubs"], truth["hubs"]) + _jaccard(diag["islands"], truth["islands"]))
         results[name] = rec
+    prop = world.available / world.available.sum()
     j_prop = results["proportional"]["objective"] if "proportional" in results else world.objective(
-        world.budget * world.available / world.available.sum())
+        world.budget * prop, recent=prop)
     for rec in results.values():
         rec["vs_proportional"] = rec["objective"] / j_prop - 1.0
         rec["gap_to_oracle"] = rec["objective"] / j_oracle - 1.0
     return {"world": world.name, "kind": world.kind, "k": len(world.domains), "noise": world.noise,
+            "forget_beta": None if world.forget_beta is None else world.forget_beta.tolist(),
             "oracle_weights": orc.weights.tolist(), "oracle_objective": j_oracle,
             "oracle_gain_vs_proportional": 1.0 - j_oracle / j_prop, "samplers": results}
 
@@ -289,6 +380,10 @@ def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[s
         if hard and others:
             row["beats_baselines_on_hard"] = float(np.mean([
                 all(w["samplers"][name]["objective"] < w["samplers"][b]["objective"] for b in others) for w in hard]))
+        if hard:
+            row["gap_to_oracle_hard_mean"] = float(np.mean([w["samplers"][name]["gap_to_oracle"] for w in hard]))
+        if any("harmed" in r for r in recs):  # transfer rows: worlds where the reactive guard flagged a domain
+            row["harmed_worlds"] = int(sum(bool(r.get("harmed")) for r in recs))
         rec_scores = [r["hub_island_recovery"] for r in recs if "hub_island_recovery" in r]
         if rec_scores:
             row["hub_island_recovery"] = float(np.mean(rec_scores))
@@ -301,17 +396,20 @@ def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[s
 
 
 def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] = DEFAULT_SAMPLERS,
-                  floor: float = 0.01, intervals: int = 60, eval_every: int = 3) -> dict[str, Any]:
+                  floor: float = 0.01, intervals: int = 60, eval_every: int = 3, forgetting: bool = False,
+                  variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``forgetting``: the same worlds plus forgetting (module docstring). ``variants``: extra
+    ``transfer`` rows {name: options}; list their names in ``samplers`` too."""
     t0 = time.perf_counter()
     worlds = []
     for i in range(n_worlds):
-        world = make_world(i, seed)
-        worlds.append(evaluate_world(world, samplers, floor, intervals, eval_every))
+        world = make_world(i, seed, forgetting=forgetting)
+        worlds.append(evaluate_world(world, samplers, floor, intervals, eval_every, variants))
         log.info("%s done (%.1f s so far)", world.name, time.perf_counter() - t0)
     hard = [w["world"] for w in worlds if w["oracle_gain_vs_proportional"] >= HARD_GAIN]
     return to_jsonable({
         "settings": {"worlds": n_worlds, "seed": seed, "floor": floor, "intervals": intervals, "eval_every": eval_every,
-                     "hard_gain": HARD_GAIN},
+                     "hard_gain": HARD_GAIN, "forgetting": forgetting, "variants": variants or {}},
         "table": summarise(worlds, samplers),
         "hard_worlds": hard,
         "worlds": worlds,
@@ -338,11 +436,13 @@ def refit_timing(k: int, points: int = 400, refit_every: int = 100, seed: int = 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     cols = [("vs_proportional_mean", "vs prop", "{:+.2%}"), ("gap_to_oracle_mean", "gap oracle", "{:+.2%}"),
             ("gap_to_oracle_max", "gap max", "{:+.2%}"), ("beats_proportional", "beats prop", "{:.0%}"),
-            ("beats_baselines_on_hard", "beats base (hard)", "{:.0%}"), ("hub_island_recovery", "hub/isl rec", "{:.2f}"),
+            ("beats_baselines_on_hard", "beats base (hard)", "{:.0%}"), ("gap_to_oracle_hard_mean", "gap hard", "{:+.2%}"),
+            ("harmed_worlds", "harmed", "{:d}"), ("hub_island_recovery", "hub/isl rec", "{:.2f}"),
             ("refit_ms_median", "refit ms", "{:.0f}"), ("seconds", "s", "{:.1f}")]
-    header = f"{'sampler':<13}" + "".join(f"{c[1]:>18}" for c in cols)
+    width = max([13, *(len(n) + 1 for n in table)])
+    header = f"{'sampler':<{width}}" + "".join(f"{c[1]:>18}" for c in cols)
     lines = [header, "-" * len(header)]
     for name, row in table.items():
         cells = [c[2].format(row[c[0]]) if row.get(c[0]) is not None else "-" for c in cols]
-        lines.append(f"{name:<13}" + "".join(f"{c:>18}" for c in cells))
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)

@@ -17,6 +17,8 @@ Phases, as fractions of ``total_budget`` consumed:
    weights for the next ``horizon`` samples are chosen so cumulative consumption reaches
    target x consumed-at-horizon (receding horizon). A persistent multiplicative ``dither``
    keeps the ratios moving so the law stays identifiable and refits stay well-posed.
+3. cooldown (the last ``cooldown`` share of the budget): the weights are the target itself, with
+   no catch-up and no dither, because a domain's final loss depends on its *recent* share too.
 
 Law family (``family="auto"``): one law per candidate family (power, linear, transfer) is kept;
 at each refit every family's current law is first scored on the points that arrived since it
@@ -37,6 +39,19 @@ optimum (``unidentified``), the optimum can be shrunk toward the prior (``shrink
 or weight goes below ``min_prior_share`` x the prior weight until the domain's law has been
 identified at several successive refits (``floor_relax``: the floor relaxes toward ``floor`` as
 that evidence accumulates, and returns as soon as the law is on a bound again).
+
+Reactive guard (``harm_guard``): instead of guessing from the fit which domain might suffer, it
+watches for the harm itself. A domain that got less than its prior share of the samples since its
+best smoothed validation loss, and whose smoothed loss has since risen by more than ``harm_guard``
+x its noise, is flagged "harmed" (state ``harmed``, ``diagnostics()["harmed"]``,
+``last_refit["harmed"]``, a warning in the log) and floored at ``harm_floor`` x its prior weight
+for the rest of the run. A law in cumulative counts predicts no rise at all, so without forgetting
+the guard should stay silent (it fired in 4 of the 120 simulated default worlds of seeds 0-5, all
+false alarms). It is on by default and the preventive rules above are off (``min_prior_share`` 0,
+``unidentified`` fit): in simulated worlds with forgetting it protected about as well as they did,
+and without forgetting it costs far less (benchmarks/RESULTS.md). In real cpu_tiny runs it caught
+ct's starvation (loss +4.5-6% after a cut, flagged at step 450); its known weakness is a flat
+domain with tiny noise flagged after a rise of < 1% and then held at its full prior share.
 """
 
 from __future__ import annotations
@@ -57,6 +72,8 @@ SELECT_TOL = 0.05  # a more complex family must forecast > 5% better than a simp
 SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
 E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 RESOLVE_NOISE = 3.0  # a domain's fitted loss change must exceed this x its residual to count as evidence
+HARM_MIN_POINTS = 6  # validation points of a domain before the reactive guard judges its curve
+HARM_MIN_NOISE = 1e-4  # lower bound of the noise estimate (log loss), so a noise-free curve is not judged on rounding
 
 
 class TransferSampler(MixtureSampler):
@@ -75,6 +92,7 @@ class TransferSampler(MixtureSampler):
         "smoothing": 0.5,  # EMA weight of a new optimum in the target allocation
         "max_change": 0.15,  # max change of any domain's target weight per refit
         "horizon": 0.2,  # steer cumulative consumption over this share of total_budget
+        "cooldown": 0.15,  # last share of total_budget: weights = target (no catch-up, no dither); 0: steer to the end
         "importance": None,  # per-domain lambda for the allocation objective (dict or list)
         "max_epochs": None,  # repetition cap: at most this many passes over a domain's available data
         "compare_last": 3,  # newest points on which a refit must not be worse than the previous law
@@ -83,13 +101,21 @@ class TransferSampler(MixtureSampler):
         "rotate_challengers": False,  # auto: refit the family in use + one challenger per refit (faster)
         "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
         # Guards against starving a domain on a poorly identified law (real runs: see docs/samplers.md).
-        "min_prior_share": 0.5,  # no domain's target or weight below this x its prior weight (until floor_relax lifts it)
+        # Preventive guards: off by default since issue 5's reactive guard (the numbers: benchmarks/RESULTS.md);
+        # the earlier defaults were min_prior_share 0.5 and unidentified prior.
+        "min_prior_share": 0.0,  # no domain's target or weight below this x its prior weight (until floor_relax lifts it)
         "floor_relax": 0.5,  # per successive refit with a domain's law identified, lift this share of its remaining prior floor; 0: never
-        "unidentified": "prior",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
+        "unidentified": "fit",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
         "shrink": 0.0,  # pull the law's optimum this far toward the prior before it moves the target
+        # Reactive guard (evidence of harm): a domain that got less than its prior share since its best
+        # smoothed validation loss, and whose smoothed loss has since risen by more than harm_guard x its
+        # noise, is flagged "harmed" for good and floored at harm_floor x its prior weight.
+        "harm_guard": 3.0,  # k: rise threshold in units of the domain's validation-loss noise; 0 = off
+        "harm_smoothing": 0.5,  # EMA weight of the newest validation loss in the smoothed curve (0, 1]
+        "harm_floor": 1.0,  # floor of a harmed domain's target and weight, as a share of its prior weight
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
-                    "prev_consumed", "phase", "doubt")
+                    "prev_consumed", "phase", "doubt", "harmed")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -103,6 +129,10 @@ class TransferSampler(MixtureSampler):
         # the domain's own law grows (see _relax_floors); `doubt` is 1 while there is none.
         self.prior_floors = np.maximum(self.floor, self.min_prior_share * self.prior_w)
         self.doubt = np.ones(self.k)  # per domain: 1 = no evidence; x (1 - floor_relax) per identified refit, 1 again otherwise
+        # Reactive guard: {domain: evidence} of the domains whose validation loss rose after a cut
+        # below their prior share; their floor is harm_floor x prior for the rest of the run.
+        self.harmed: dict[str, dict[str, Any]] = {}
+        self.harm_floors = np.maximum(self.floor, self.harm_floor * self.prior_w)
         self.floors = self._relax_floors()
         self._w = self.prior_w.copy()
         self.target = self.prior_w.copy()
@@ -138,6 +168,7 @@ class TransferSampler(MixtureSampler):
             raise SamplerError(f"sampler 'transfer' option 'fit_on': expected val or both, got {o['fit_on']!r}")
         self.fit_on = o["fit_on"]
         self.explore_fraction = self._opt_float("explore_fraction", 0.0, 1.0)
+        self.cooldown = self._opt_float("cooldown", 0.0, 1.0)
         self.explore_strength = self._opt_float("explore_strength", 0.0, 1.0)
         self.explore_block = self._opt_int("explore_block", 1)
         self.dither = self._opt_float("dither", 0.0, 2.0)
@@ -163,6 +194,12 @@ class TransferSampler(MixtureSampler):
         if o["unidentified"] not in ("prior", "fit"):
             raise SamplerError(f"sampler 'transfer' option 'unidentified': expected prior or fit, got {o['unidentified']!r}")
         self.shrink = self._opt_float("shrink", 0.0, 1.0)
+        self.harm_guard = self._opt_float("harm_guard", 0.0)
+        self.harm_smoothing = self._opt_float("harm_smoothing", 0.0, 1.0)
+        if self.harm_smoothing == 0.0:
+            raise SamplerError("sampler 'transfer' option 'harm_smoothing': expected a number in (0, 1], got 0 "
+                               "(the smoothed loss would never move)")
+        self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -188,6 +225,8 @@ class TransferSampler(MixtureSampler):
             self.points.append({"step": step, "split": split, "D": D.tolist(), "L": to_jsonable(losses)})
             self._thin()
             self.counters["usable"] += 1
+            if split == "val" and self.harm_guard > 0:
+                self._check_harm(step)
             fit_split = self._fit_split()
             if fit_split in ("both", split) and self._count(fit_split) >= self.min_points and self._due(fit_split):
                 self._refit(step, consumed, fit_split)
@@ -238,6 +277,8 @@ class TransferSampler(MixtureSampler):
         self.chosen = self._choose()
         self.fit = self._laws.get(self.chosen) if self.chosen else None
         info["family"] = self.chosen
+        if self.harmed:
+            info["harmed"] = sorted(self.harmed)
         self._retarget(info)
         # Wall time is reported by diagnostics() but kept out of the state: a resumed run must
         # produce the same state (the trainer compares state digests), and timings never repeat.
@@ -409,6 +450,52 @@ class TransferSampler(MixtureSampler):
             noise = np.nanmean(res, axis=0)
         return np.isfinite(change) & np.isfinite(noise) & (change > RESOLVE_NOISE * noise)
 
+    def _check_harm(self, step: int) -> None:
+        """The reactive guard. Per domain, on the validation points: the smoothed log loss (EMA
+        ``harm_smoothing``), its running minimum, and the noise (robust scale of the second
+        differences of the raw log losses, which a smooth trend does not inflate). A domain that got
+        less than its prior share of the samples consumed since its minimum, and whose newest
+        smoothed loss is more than ``harm_guard`` x noise above that minimum, is flagged: the law in
+        cumulative counts predicted no rise (forgetting: the loss depends on the recent mixture).
+        Its floor becomes ``harm_floor`` x prior for good; flags are logged and in diagnostics."""
+        pts = [p for p in self.points if p["split"] == "val"]
+        if len(pts) < HARM_MIN_POINTS:
+            return
+        D = np.asarray([p["D"] for p in pts], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            logL = np.log(np.asarray([[np.nan if v is None else v for v in p["L"]] for p in pts], dtype=np.float64))
+        flagged = []
+        for j, dom in enumerate(self.domains):
+            if dom in self.harmed:
+                continue
+            idx = np.flatnonzero(np.isfinite(logL[:, j]))
+            if idx.size < HARM_MIN_POINTS:
+                continue
+            x = logL[idx, j]
+            smooth = np.empty_like(x)
+            smooth[0] = x[0]
+            for t in range(1, x.size):
+                smooth[t] = (1 - self.harm_smoothing) * smooth[t - 1] + self.harm_smoothing * x[t]
+            d2 = x[2:] - 2 * x[1:-1] + x[:-2]
+            noise = max(float(np.median(np.abs(d2)) / (0.6745 * np.sqrt(6.0))), HARM_MIN_NOISE)  # sigma of one point
+            best = int(np.argmin(smooth))
+            rise = float(smooth[-1] - smooth[best])
+            if rise <= self.harm_guard * noise:
+                continue
+            since = D[idx[-1]] - D[idx[best]]
+            share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan
+            if not share < self.prior_w[j]:
+                continue  # not cut: a rise with at least the prior share is not the sampler's doing
+            self.harmed[dom] = {"step": int(step), "rise": rise, "noise": noise, "share_since_best": share,
+                                "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
+            flagged.append(dom)
+        if flagged:
+            log.warning("sampler transfer: validation loss of %s rose after a cut below the prior share; "
+                        "floor restored to %.2f x prior (%s)", flagged, self.harm_floor,
+                        {d: self.harmed[d] for d in flagged})
+            self.floors = self._relax_floors()
+            self.target = project_to_floors(self.target, self.floors)
+
     def _relax_floors(self) -> np.ndarray:
         """floor + (prior floor - floor) x doubt. Why relax at all: min_prior_share x prior is a
         stand-in for "we cannot tell what this domain's loss does with less data"; once its law has
@@ -420,7 +507,11 @@ class TransferSampler(MixtureSampler):
         1 - (1 - floor_relax)^n (r = 0.5: half, 3/4, 7/8, ...), and one refit with the law on a
         bound again restores the full floor, so a domain whose fit keeps touching the bounds —
         nearly every domain at nearly every refit in the real cpu_tiny runs — keeps it."""
-        return self.floor + (self.prior_floors - self.floor) * self.doubt  # prior_floors >= floor, doubt in [0, 1]
+        floors = self.floor + (self.prior_floors - self.floor) * self.doubt  # prior_floors >= floor, doubt in [0, 1]
+        # Harmed domains (reactive guard) keep harm_floor x prior, whatever the evidence for their law.
+        # Sum of floors <= 1: every floor is <= max(floor, prior) and the prior is projected to the floor.
+        harmed = np.array([d in self.harmed for d in self.domains])
+        return np.where(harmed, np.maximum(floors, self.harm_floors), floors)
 
     def _optimum(self, law: Any) -> np.ndarray:
         from mixpretrain.scaling import allocate
@@ -454,6 +545,12 @@ class TransferSampler(MixtureSampler):
         self.phase = "explore" if total < self.explore_fraction * self.budget else "steer" if self.fit else "prior"
         if self.phase == "explore":
             return project_to_floors(self._explore_weights(), self.floors)
+        if self.phase == "steer" and total >= (1.0 - self.cooldown) * self.budget:
+            # The final loss depends on the recent mixture, not only on cumulative counts: catch-up
+            # bursts in the last 10% of real cpu_tiny runs (pet at 1-8% where its target was 15-18%)
+            # left that domain's final loss 1-4% above proportional's. Hold the target instead.
+            self.phase = "cooldown"
+            return project_to_floors(self.target.copy(), self.floors)
         horizon = self.horizon * self.budget
         # Receding horizon: reach target x (consumed + horizon) after the next `horizon` samples.
         steer = (self.target * (total + horizon) - consumed) / horizon
@@ -467,9 +564,15 @@ class TransferSampler(MixtureSampler):
     def load_state_dict(self, state: Any) -> None:
         if "doubt" not in state:  # a state saved before floors relaxed: no evidence yet
             state = {**state, "doubt": [1.0] * self.k}
+        if "harmed" not in state:  # a state saved before the reactive guard: no domain flagged
+            state = {**state, "harmed": {}}
         super().load_state_dict(state)
 
     def _after_load(self) -> None:
+        if not isinstance(self.harmed, dict) or set(self.harmed) - set(self.domains):
+            raise SamplerError(f"sampler 'transfer': state 'harmed' must map domains {list(self.domains)} to evidence, "
+                               f"got {self.harmed!r}")
+        self.harmed = {d: dict(v) for d, v in self.harmed.items()}
         self.floors = self._relax_floors()
         self.laws_state = dict(self.laws_state)
         self._laws = {fam: _law_from_state(st) for fam, st in self.laws_state.items()}
@@ -486,6 +589,7 @@ class TransferSampler(MixtureSampler):
             "target": to_jsonable(self.target),
             "floors": to_jsonable(self.floors),  # per-domain floors now (relaxed by floor_relax)
             "doubt": to_jsonable(self.doubt),  # 1 = no evidence for the domain's law yet
+            "harmed": to_jsonable(self.harmed),  # reactive guard: domains whose val loss rose after a cut
             "counters": dict(self.counters),
             "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},
             "points": len(self.points),

@@ -54,3 +54,28 @@ def test_misspecified_law_gradient_matches_finite_differences() -> None:
         down[i] -= h
         fd = (law.predict(up) - law.predict(down)) / (2 * h)
         assert np.allclose(g[i], fd, rtol=1e-4, atol=1e-12)
+
+
+def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_samplers.py"
+    spec = importlib.util.spec_from_file_location("compare_samplers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--simulated", "--worlds", "1", "--forgetting", "--samplers", "proportional,uniform,oracle",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["forgetting"] is True
+    world = result["worlds"][0]
+    assert world["world"].endswith("-forget") and any(b > 0 for b in world["forget_beta"])
+    assert world["samplers"]["oracle"]["gap_to_oracle"] == pytest.approx(0.0, abs=1e-9)
+    assert world["samplers"]["proportional"]["gap_to_oracle"] >= -1e-9
+    with pytest.raises(SystemExit, match="transfer-variants"):
+        mod.main(["--simulated", "--worlds", "1", "--transfer-variants", "[1, 2]"])
+    # A variant is a transfer row with its own options; the base world list is unchanged.
+    result = simulate.run_benchmark(1, seed=0, samplers=("proportional", "guard_off"), intervals=12, eval_every=3,
+                                    variants={"guard_off": {"harm_guard": 0.0, "family": "power"}})
+    assert result["worlds"][0]["world"] == simulate.make_world(0, 0).name
+    assert "harmed" in result["worlds"][0]["samplers"]["guard_off"]

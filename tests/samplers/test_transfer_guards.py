@@ -11,7 +11,14 @@ from mixpretrain.samplers.transfer import project_to_floors
 DOMAINS = ["ct", "mri", "pet"]
 BUDGET = 30_000.0
 BASE = {"seed": 0, "total_budget": BUDGET, "floor": 0.02, "explore_fraction": 0.1, "min_points": 5,
-        "refit_every": 1, "warmup_fraction": 0.02, "family": "power"}
+        "refit_every": 1, "warmup_fraction": 0.02, "family": "power",
+        # The preventive guards under test, at their defaults before issue 5's reactive guard turned them off.
+        "min_prior_share": 0.5, "unidentified": "prior"}
+
+
+def make(**opts):
+    """A transfer sampler with BASE, overridden by ``opts``."""
+    return build("transfer", DOMAINS, **{**BASE, **opts})
 
 
 def flat_ct_loss(consumed: np.ndarray) -> np.ndarray:
@@ -43,13 +50,13 @@ def steered(sampler, weights: list[np.ndarray]) -> np.ndarray:
 
 def test_unguarded_sampler_starves_the_flat_domain() -> None:
     """The failure mode the guards exist for: with them off, the flat domain goes to the floor."""
-    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0, unidentified="fit")
+    s = make(min_prior_share=0.0, unidentified="fit")
     w = steered(s, run(s))
     assert w[-5:, 0].max() < 0.1, w[-5:]
 
 
 def test_flat_domain_is_not_cut_below_min_prior_share() -> None:
-    s = build("transfer", DOMAINS, **BASE, unidentified="fit")  # floor guard only
+    s = make(unidentified="fit")  # floor guard only
     w = steered(s, run(s))
     prior = 1.0 / 3.0
     assert w[:, 0].min() >= 0.5 * prior - 1e-9, w[:, 0]
@@ -60,7 +67,7 @@ def test_flat_domain_is_not_cut_below_min_prior_share() -> None:
 
 def test_unidentified_domain_keeps_its_prior_share() -> None:
     """ct's exponent sits on the fitter's lower bound: it keeps its prior share of the target."""
-    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0)
+    s = make(min_prior_share=0.0)
     run(s)
     diag = s.diagnostics()
     assert "ct" in diag["last_refit"].get("unidentified", []), diag["last_refit"]
@@ -71,7 +78,7 @@ def test_unidentified_domain_keeps_its_prior_share() -> None:
 def test_proportional_prior_floors_follow_the_prior() -> None:
     available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
     prior = np.array([20.0, 6.0, 2.0]) / 28.0
-    s = build("transfer", DOMAINS, **BASE, prior="proportional", available=available, min_prior_share=0.8)
+    s = make(prior="proportional", available=available, min_prior_share=0.8)
     w = np.array(run(s))
     # The flat domain's law is never identified: its floor never relaxes, whatever the others do.
     assert np.all(w[:, 0] >= 0.8 * prior[0] - 1e-9), w[:, 0].min()
@@ -80,7 +87,7 @@ def test_proportional_prior_floors_follow_the_prior() -> None:
     assert s.counters["refits"] > 0
     assert np.all(w[:first] >= 0.8 * prior - 1e-9), w[:first].min(axis=0)
     # With floor_relax 0 the floors never relax (the behaviour before evidence-relaxed floors).
-    s = build("transfer", DOMAINS, **BASE, prior="proportional", available=available, min_prior_share=0.8,
+    s = make(prior="proportional", available=available, min_prior_share=0.8,
               floor_relax=0.0)
     w = np.array(run(s))
     assert np.all(w >= 0.8 * prior - 1e-9), w.min(axis=0)
@@ -89,13 +96,13 @@ def test_proportional_prior_floors_follow_the_prior() -> None:
 def test_floors_relax_only_for_identified_domains() -> None:
     """mri and pet follow clean power laws: their floors relax as successive refits identify them;
     the flat ct's law is on a bound or unresolved, so its floor stays at min_prior_share x prior."""
-    s = build("transfer", DOMAINS, **BASE)
+    s = make()
     run(s)
     full = 0.5 / 3.0
     assert s.floors[0] == pytest.approx(full)
     assert s.doubt[0] == 1.0
     assert np.all(s.floors[1:] < 0.5 * full), s.floors
-    restored = build("transfer", DOMAINS, **BASE)
+    restored = make()
     restored.load_state_dict(s.state_dict())
     np.testing.assert_array_equal(restored.floors, s.floors)
     old = s.state_dict()
@@ -106,13 +113,13 @@ def test_floors_relax_only_for_identified_domains() -> None:
 
 def test_full_prior_share_pins_the_prior() -> None:
     # floor_relax 0: the floors never relax, so min_prior_share 1 pins the prior for good.
-    s = build("transfer", DOMAINS, **BASE, min_prior_share=1.0, dither=0.3, floor_relax=0.0)
+    s = make(min_prior_share=1.0, dither=0.3, floor_relax=0.0)
     for w in run(s, steps=20):
         np.testing.assert_allclose(w, 1.0 / 3.0, atol=1e-12)
 
 
 def test_shrink_pulls_the_optimum_to_the_prior() -> None:
-    s = build("transfer", DOMAINS, **BASE, min_prior_share=0.0, unidentified="fit", shrink=1.0)
+    s = make(min_prior_share=0.0, unidentified="fit", shrink=1.0)
     run(s, steps=30)
     np.testing.assert_allclose(s.diagnostics()["last_refit"]["optimum"], 1.0 / 3.0, atol=1e-9)
 
@@ -125,7 +132,7 @@ def test_shrink_pulls_the_optimum_to_the_prior() -> None:
 ])
 def test_bad_guard_options_are_named(opts: dict, match: str) -> None:
     with pytest.raises(SamplerError, match=match):
-        build("transfer", DOMAINS, **BASE, **opts)
+        make(**opts)
 
 
 def test_project_to_floors_keeps_ratios_above_floors() -> None:
@@ -137,6 +144,6 @@ def test_project_to_floors_keeps_ratios_above_floors() -> None:
 
 def test_default_prior_is_proportional_when_available_is_given() -> None:
     available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
-    s = build("transfer", DOMAINS, **BASE, available=available)
+    s = make(available=available)
     np.testing.assert_allclose(s.prior_w, np.array([20.0, 6.0, 2.0]) / 28.0)
-    np.testing.assert_allclose(build("transfer", DOMAINS, **BASE).prior_w, 1.0 / 3.0)
+    np.testing.assert_allclose(make().prior_w, 1.0 / 3.0)
