@@ -113,6 +113,7 @@ class TransferSampler(MixtureSampler):
         "harm_guard": 3.0,  # k: rise threshold in units of the domain's validation-loss noise; 0 = off
         "harm_smoothing": 0.5,  # EMA weight of the newest validation loss in the smoothed curve (0, 1]
         "harm_floor": 1.0,  # floor of a harmed domain's target and weight, as a share of its prior weight
+        "harm_min_rise": 0.02,  # and the rise must exceed this (log loss, ~2%): smaller rises cost less than the floor
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
                     "prev_consumed", "phase", "doubt", "harmed")
@@ -200,6 +201,7 @@ class TransferSampler(MixtureSampler):
             raise SamplerError("sampler 'transfer' option 'harm_smoothing': expected a number in (0, 1], got 0 "
                                "(the smoothed loss would never move)")
         self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
+        self.harm_min_rise = self._opt_float("harm_min_rise", 0.0)
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -480,7 +482,10 @@ class TransferSampler(MixtureSampler):
             noise = max(float(np.median(np.abs(d2)) / (0.6745 * np.sqrt(6.0))), HARM_MIN_NOISE)  # sigma of one point
             best = int(np.argmin(smooth))
             rise = float(smooth[-1] - smooth[best])
-            if rise <= self.harm_guard * noise:
+            # A rise must be beyond the noise *and* material: in real runs a flat domain with tiny
+            # noise (cells: 0.1% per point) was flagged after a 0.5-1% rise and then held at its full
+            # prior share (56% of the data in the island world), which cost far more than the rise.
+            if rise <= max(self.harm_guard * noise, self.harm_min_rise):
                 continue
             since = D[idx[-1]] - D[idx[best]]
             share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan

@@ -76,6 +76,17 @@ def test_no_flag_without_evidence(shares: list[np.ndarray], rise: float, opts: d
     assert s.floors[0] == pytest.approx(0.02)
 
 
+def test_a_small_rise_on_a_quiet_domain_is_not_harm() -> None:
+    """Beyond its (tiny) noise but under harm_min_rise: holding the domain at its prior share would
+    cost more than the rise (the island world's cells, flagged after < 1% and pinned at 56%)."""
+    quiet = build("transfer", DOMAINS, **BASE)
+    feed(quiet, [EVEN, CUT], rise=0.002, noise=0.0002)  # net rise well under 2% (the law still falls), noise 0.02%
+    assert quiet.harmed == {}, quiet.harmed
+    strict = build("transfer", DOMAINS, **BASE, harm_min_rise=0.0)
+    feed(strict, [EVEN, CUT], rise=0.002, noise=0.0002)
+    assert set(strict.harmed) == {"ct"} and strict.harmed["ct"]["rise"] < 0.02
+
+
 def test_state_round_trip_with_a_harmed_domain() -> None:
     s = build("transfer", DOMAINS, **BASE)
     feed(s, [EVEN, CUT], rise=0.01)
@@ -100,6 +111,7 @@ def test_state_round_trip_with_a_harmed_domain() -> None:
     ({"harm_smoothing": 1.5}, "harm_smoothing"),
     ({"harm_floor": 1.5}, "harm_floor"),
     ({"harm_floor": "prior"}, "harm_floor"),
+    ({"harm_min_rise": -0.01}, "harm_min_rise"),
 ])
 def test_bad_harm_options_are_named(opts: dict, match: str) -> None:
     with pytest.raises(SamplerError, match=match):
