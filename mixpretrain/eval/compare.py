@@ -304,6 +304,7 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     if unknown:
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
     seeds = int(seeds or bench.get("seeds", 1))
+    final_evals = int(bench.get("final_evals", 1))  # validated by split_bench_config
     samplers = list(dict.fromkeys(samplers))
     doremi_opts = (bench.get("sampler_options") or {}).get("doremi", {})
     if "doremi" in samplers and "reference" not in doremi_opts:
@@ -320,10 +321,10 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         status[r["name"]] = run_one(r["config"], r["run_dir"], r["max_steps"], out / "logs" / f"{r['name']}.log",
                                     launcher, nproc, timeout)
         if status[r["name"]]["status"] != "failed":
-            per_run[r["name"]] = summarise_run(r["run_dir"], int(bench.get("final_evals", 1)))
+            per_run[r["name"]] = summarise_run(r["run_dir"], final_evals)
     result = build_table(runs, per_run)
     result.update({
-        "config": str(config), "seeds": seeds, "final_evals": int(bench.get("final_evals", 1)), "launcher": launcher, "nproc": nproc, "runs": status,
+        "config": str(config), "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "runs": status,
         "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     })
