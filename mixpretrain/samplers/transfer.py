@@ -52,6 +52,12 @@ false alarms). It is on by default and the preventive rules above are off (``min
 and without forgetting it costs far less (benchmarks/RESULTS.md). In real cpu_tiny runs it caught
 ct's starvation (loss +4.5-6% after a cut, flagged at step 450); its known weakness is a flat
 domain with tiny noise flagged after a rise of < 1% and then held at its full prior share.
+
+Forgetting in the allocation (``forgetting: fit``): rather than a floor after the harm, a price for
+it. Every point carries the EMA of the recent mixture; at each refit the law's log residuals of each
+domain are regressed on its shortfall max(0, 1 - recent share / prior share), and the slope, less
+``forget_z`` standard errors, is that domain's beta. The optimum then minimises the objective with
+each term x (1 + beta x shortfall at a constant mixture) (``scaling.allocate(..., forgetting=...)``).
 """
 
 from __future__ import annotations
@@ -114,9 +120,15 @@ class TransferSampler(MixtureSampler):
         "harm_smoothing": 0.5,  # EMA weight of the newest validation loss in the smoothed curve (0, 1]
         "harm_floor": 1.0,  # floor of a harmed domain's target and weight, as a share of its prior weight
         "harm_min_rise": 0.02,  # and the rise must exceed this (log loss, ~2%): smaller rises cost less than the floor
+        # Forgetting in the allocation: per domain, beta = how much its loss rises per unit of shortfall
+        # of its recent share below the prior share, estimated from the fit's residuals; the optimum then
+        # weighs a cut's law gain against that cost (scaling.allocate's forgetting penalty).
+        "forgetting": "fit",  # fit | off
+        "forget_scale": 0.1,  # time constant of the recent-share EMA, as a share of total_budget
+        "forget_z": 2.0,  # beta is the estimate minus this many standard errors (0 unless the evidence is clear)
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
-                    "prev_consumed", "phase", "doubt", "harmed")
+                    "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -148,6 +160,11 @@ class TransferSampler(MixtureSampler):
         self.last_refit: dict[str, Any] = {}
         self.prev_consumed = np.zeros(self.k)
         self.phase = "explore"
+        # Forgetting: EMA of the recent mixture (None before any sample), the consumption it was
+        # last updated at, and the per-domain penalty estimated at the last refit (0: none seen).
+        self.recent: np.ndarray | None = None
+        self.recent_at = np.zeros(self.k)
+        self.beta = np.zeros(self.k)
 
     def _read_options(self) -> None:
         o = self.options
@@ -202,6 +219,11 @@ class TransferSampler(MixtureSampler):
                                "(the smoothed loss would never move)")
         self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
         self.harm_min_rise = self._opt_float("harm_min_rise", 0.0)
+        if o["forgetting"] not in ("fit", "off"):
+            raise SamplerError(f"sampler 'transfer' option 'forgetting': expected fit or off, got {o['forgetting']!r}")
+        self.forgetting = o["forgetting"]
+        self.forget_scale = self._opt_float("forget_scale", 1e-6, 10.0)
+        self.forget_z = self._opt_float("forget_z", 0.0)
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -221,10 +243,12 @@ class TransferSampler(MixtureSampler):
         D = consumed if split == "val" else 0.5 * (self.prev_consumed + consumed)
         if split == "train":
             self.prev_consumed = consumed.copy()
+        self._update_recent(consumed)
         usable = np.isfinite(losses).any() and consumed.sum() >= self.warmup_fraction * self.budget and D.sum() > 0
         if usable:
             losses = np.where(losses > 0, losses, np.nan)  # log-space fit: non-positive losses are unusable
-            self.points.append({"step": step, "split": split, "D": D.tolist(), "L": to_jsonable(losses)})
+            self.points.append({"step": step, "split": split, "D": D.tolist(), "L": to_jsonable(losses),
+                                "R": None if self.recent is None else self.recent.tolist()})
             self._thin()
             self.counters["usable"] += 1
             if split == "val" and self.harm_guard > 0:
@@ -233,6 +257,20 @@ class TransferSampler(MixtureSampler):
             if fit_split in ("both", split) and self._count(fit_split) >= self.min_points and self._due(fit_split):
                 self._refit(step, consumed, fit_split)
         self._w = self._next_weights(consumed)
+
+    def _update_recent(self, consumed: np.ndarray) -> None:
+        """EMA of the mixture over the last ~forget_scale x budget samples."""
+        delta = np.maximum(consumed - self.recent_at, 0.0)
+        n = float(delta.sum())
+        if n <= 0:
+            return
+        self.recent_at = consumed.copy()
+        mix = delta / n
+        if self.recent is None:
+            self.recent = mix
+        else:
+            rate = 1.0 - np.exp(-n / (self.forget_scale * self.budget))
+            self.recent = self.recent + rate * (mix - self.recent)
 
     def _count(self, split: str) -> int:
         return sum(1 for p in self.points if split in ("both", p["split"]))
@@ -279,6 +317,9 @@ class TransferSampler(MixtureSampler):
         self.chosen = self._choose()
         self.fit = self._laws.get(self.chosen) if self.chosen else None
         info["family"] = self.chosen
+        self.beta = self._estimate_forgetting(split)
+        if (self.beta > 0).any():
+            info["forgetting"] = self.beta.tolist()
         if self.harmed:
             info["harmed"] = sorted(self.harmed)
         self._retarget(info)
@@ -518,10 +559,42 @@ class TransferSampler(MixtureSampler):
         harmed = np.array([d in self.harmed for d in self.domains])
         return np.where(harmed, np.maximum(floors, self.harm_floors), floors)
 
+    def _estimate_forgetting(self, split: str) -> np.ndarray:
+        """Per domain: regress the law's log residuals on the shortfall x = max(0, 1 - recent share /
+        prior share) at each point; beta = slope - forget_z x its standard error, at least 0. A law
+        in cumulative counts leaves a starved domain's rise in its residuals (real cpu_tiny runs: ct
+        +15% within ~150 steps at 1% of the samples), and nothing where the mixture never dipped."""
+        beta = np.zeros(self.k)
+        if self.forgetting == "off" or self.fit is None:
+            return beta
+        pts = [p for p in self.points if split in ("both", p["split"]) and p.get("R") is not None]
+        if len(pts) < self.min_points:
+            return beta
+        D = np.asarray([p["D"] for p in pts], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            L = np.asarray([[np.nan if v is None else v for v in p["L"]] for p in pts], dtype=np.float64)
+            res = np.log(L) - np.log(self.fit.predict(D))
+        short = np.maximum(0.0, 1.0 - np.asarray([p["R"] for p in pts], dtype=np.float64) / self.prior_w)
+        for j in range(self.k):
+            ok = np.isfinite(res[:, j])
+            x, r = short[ok, j], res[ok, j]
+            if x.size < self.min_points:
+                continue
+            sxx = float(np.sum((x - x.mean()) ** 2))
+            if sxx < 1e-6:
+                continue  # the recent share never moved: nothing to learn
+            slope = float(np.sum((x - x.mean()) * (r - r.mean())) / sxx)
+            resid = r - r.mean() - slope * (x - x.mean())
+            se = float(np.sqrt(np.sum(resid**2) / max(x.size - 2, 1) / sxx))
+            beta[j] = min(max(slope - self.forget_z * se, 0.0), 1.0)
+        return beta
+
     def _optimum(self, law: Any) -> np.ndarray:
         from mixpretrain.scaling import allocate
 
-        alloc = allocate(law, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor)
+        forgetting = (self.beta, self.prior_w) if (self.beta > 0).any() else None
+        alloc = allocate(law, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor,
+                         forgetting=forgetting)
         optimum = np.asarray(alloc.weights, dtype=np.float64)
         if optimum.shape != (self.k,) or not np.isfinite(optimum).all():
             raise ValueError(f"non-finite allocation {optimum.tolist()}")
@@ -571,6 +644,9 @@ class TransferSampler(MixtureSampler):
             state = {**state, "doubt": [1.0] * self.k}
         if "harmed" not in state:  # a state saved before the reactive guard: no domain flagged
             state = {**state, "harmed": {}}
+        if "beta" not in state:  # a state saved before the forgetting estimate: no recent-share history
+            state = {**state, "recent": None, "recent_at": list(state.get("prev_consumed", [0.0] * self.k)),
+                     "beta": [0.0] * self.k}
         super().load_state_dict(state)
 
     def _after_load(self) -> None:
@@ -578,6 +654,7 @@ class TransferSampler(MixtureSampler):
             raise SamplerError(f"sampler 'transfer': state 'harmed' must map domains {list(self.domains)} to evidence, "
                                f"got {self.harmed!r}")
         self.harmed = {d: dict(v) for d, v in self.harmed.items()}
+        self.recent = None if self.recent is None else np.asarray(self.recent, dtype=np.float64)
         self.floors = self._relax_floors()
         self.laws_state = dict(self.laws_state)
         self._laws = {fam: _law_from_state(st) for fam, st in self.laws_state.items()}
@@ -595,6 +672,7 @@ class TransferSampler(MixtureSampler):
             "floors": to_jsonable(self.floors),  # per-domain floors now (relaxed by floor_relax)
             "doubt": to_jsonable(self.doubt),  # 1 = no evidence for the domain's law yet
             "harmed": to_jsonable(self.harmed),  # reactive guard: domains whose val loss rose after a cut
+            "forgetting": dict(zip(self.domains, to_jsonable(self.beta), strict=True)),  # beta per domain
             "counters": dict(self.counters),
             "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},
             "points": len(self.points),

@@ -4,7 +4,10 @@ Allocation minimises the importance-weighted mean normalised loss
 
     f(w) = sum_j lambda_j * L_j(B * w) / L_j(B * w_uniform),   sum_j lambda_j = 1
 
-over the simplex with floor <= w_i <= cap_i / B. Normalising by each domain's loss under the uniform
+over the simplex with floor <= w_i <= cap_i / B. With ``forgetting=(beta, r0)`` each term is
+multiplied by 1 + beta_j x max(0, 1 - w_j / r0_j): a domain held below its reference share r0_j
+by a constant mixture loses beta_j of its loss per unit of relative shortfall (forgetting, which a
+law in cumulative counts cannot express; the transfer sampler estimates beta online). Normalising by each domain's loss under the uniform
 mixture at the same budget makes domains with different loss scales count equally. The law is not
 convex in w in general (gamma < 1, repetition), so SLSQP (analytic gradient) is started from the
 uniform and proportional mixtures, each feasible vertex direction and random Dirichlet points, and the
@@ -100,26 +103,33 @@ def _proportional_weights(fit: LawFit, caps: Any) -> np.ndarray:
 
 
 def allocate(fit: LawFit, budget: float, importance: Any = None, caps: Any = None, floor: float = 0.0, *,
-             n_starts: int = 8, seed: int = 0) -> Allocation:
-    """Weights on the simplex minimising the mean normalised loss at ``budget`` samples."""
+             n_starts: int = 8, seed: int = 0, forgetting: tuple[Any, Any] | None = None) -> Allocation:
+    """Weights on the simplex minimising the mean normalised loss at ``budget`` samples;
+    ``forgetting=(beta, r0)``: per-domain forgetting penalty (module docstring)."""
     if not np.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget must be a positive number of samples, got {budget}")
     k = len(fit.domains)
     lam = _importance(fit, importance)
     lo, hi = _bounds(fit, budget, caps, floor)
     ref = fit.predict(np.full(k, budget / k))
+    beta, r0 = _forgetting(fit, forgetting)
 
     def f(w: np.ndarray) -> tuple[float, np.ndarray]:
         D = budget * np.clip(w, 0.0, None)
         L = fit.predict(D)
         g = fit.grad(D)  # [K(source), K(target)]
-        return float(np.sum(lam * L / ref)), budget * (g @ (lam / ref))
+        short = w < r0
+        pen = 1.0 + beta * np.where(short, 1.0 - w / r0, 0.0)
+        dpen = np.where(short, -beta / r0, 0.0)  # d pen_j / d w_j
+        return float(np.sum(lam * L * pen / ref)), budget * (g @ (lam * pen / ref)) + lam * L * dpen / ref
 
     rng = np.random.default_rng(seed)
     prop = project_box_simplex(_proportional_weights(fit, caps), lo, hi)
     starts = [project_box_simplex(np.full(k, 1.0 / k), lo, hi), prop]
     starts += [project_box_simplex(np.eye(k)[i] * 0.7 + 0.3 / k, lo, hi) for i in range(k)]
     starts += [project_box_simplex(rng.dirichlet(np.ones(k)), lo, hi) for _ in range(n_starts)]
+    if forgetting is not None:
+        starts.append(project_box_simplex(r0 / r0.sum(), lo, hi))  # no shortfall anywhere
     cons = [{"type": "eq", "fun": lambda w: np.sum(w) - 1.0, "jac": lambda w: np.ones_like(w)}]
     best_w, best_f = starts[0], f(starts[0])[0]
     for w0 in starts:
@@ -129,14 +139,27 @@ def allocate(fit: LawFit, budget: float, importance: Any = None, caps: Any = Non
         val = f(w)[0]
         if val < best_f:
             best_w, best_f = w, val
-    return _result(fit, budget, best_w, best_f, lam, ref, prop)
+    return _result(fit, budget, best_w, best_f, lam, ref, prop, f(prop)[0])
+
+
+def _forgetting(fit: LawFit, forgetting: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(beta, r0) as vectors; beta 0 (no penalty) without ``forgetting``."""
+    k = len(fit.domains)
+    if forgetting is None:
+        return np.zeros(k), np.ones(k)
+    beta, r0 = (np.asarray(v, dtype=np.float64) for v in forgetting)
+    if beta.shape != (k,) or r0.shape != (k,) or not (np.all(np.isfinite(beta)) and np.all(beta >= 0)):
+        raise ValueError(f"forgetting: expected (beta >= 0, r0 > 0), one value per domain {list(fit.domains)}, "
+                         f"got {forgetting!r}")
+    if not (np.all(np.isfinite(r0)) and np.all(r0 > 0)):
+        raise ValueError(f"forgetting: reference shares r0 must be > 0, got {r0.tolist()}")
+    return beta, r0
 
 
 def _result(fit: LawFit, budget: float, w: np.ndarray, val: float, lam: np.ndarray, ref: np.ndarray,
-            prop: np.ndarray) -> Allocation:
+            prop: np.ndarray, obj_prop: float) -> Allocation:
     pred = fit.predict(budget * w)
     prop_l = fit.predict(budget * prop)
-    obj_prop = float(np.sum(lam * prop_l / ref))
     # Reducible loss L - E, normalised like the objective; a domain already at its floor E adds nothing.
     room = ref - fit.params["E"]
     scale = np.where(room > 0, lam / np.where(room > 0, room, 1.0), 0.0)

@@ -97,3 +97,27 @@ def test_hubs_and_islands_recovered(world4):
         assert abs(ours["island_score"][d] - truth["island_score"][d]) < 0.1
     assert np.asarray(ours["transfer_matrix"]).shape == (4, 4)
 
+
+
+def test_forgetting_penalty_keeps_a_forgetful_domain_near_its_reference(world4):
+    """With beta = 0 the optimum is unchanged; a large beta on the domain the law cuts most keeps it
+    close to its reference share, and beats the plain optimum on the penalised objective."""
+    world, _ = world4
+    budget = 40000.0
+    plain = allocate(world, budget)
+    r0 = np.full(4, 0.25)
+    same = allocate(world, budget, forgetting=(np.zeros(4), r0))
+    np.testing.assert_allclose(same.weights, plain.weights, atol=1e-6)
+    cut = int(np.argmin(plain.weights / r0))
+    assert plain.weights[cut] < 0.5 * r0[cut]  # the law alone cuts it hard
+    beta = np.zeros(4)
+    beta[cut] = 1.0
+    kept = allocate(world, budget, forgetting=(beta, r0))
+    assert kept.weights[cut] > 0.8 * r0[cut]
+    pen = 1.0 + beta * np.maximum(0.0, 1.0 - plain.weights / r0)
+    penalised_plain = np.mean(world.predict(budget * plain.weights) * pen / world.predict(np.full(4, budget / 4)))
+    assert kept.objective < penalised_plain - 1e-3
+    with pytest.raises(ValueError, match="forgetting"):
+        allocate(world, budget, forgetting=(-beta, r0))
+    with pytest.raises(ValueError, match="r0"):
+        allocate(world, budget, forgetting=(beta, np.zeros(4)))
