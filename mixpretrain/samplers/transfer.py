@@ -24,7 +24,9 @@ Law family (``family="auto"``): one law per candidate family (power, linear, tra
 at each refit every family's current law is first scored on the points that arrived since it
 was fitted (a genuine forecast: prequential model selection), then all are refitted, and the
 family with the best forecast score is used. On a single trajectory the full transfer law often
-overfits; this keeps it only when it predicts better.
+overfits; this keeps it only when it predicts better. Persistence (each new point forecast by the
+one before it) is scored the same way, as a yardstick in the diagnostics; with ``trust: skill`` (opt-in)
+a law that does not beat it moves the target toward the prior instead of its optimum.
 
 Refits use the fixed-mask validation losses; the smoothed training losses are the fallback
 while there are fewer than ``min_points`` validation points. Points before ``warmup_fraction``
@@ -79,6 +81,7 @@ SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
 E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 RESOLVE_NOISE = 3.0  # a domain's fitted loss change must exceed this x its residual to count as evidence
 HARM_MIN_POINTS = 6  # validation points of a domain before the reactive guard judges its curve
+PERSISTENCE = "persistence"  # the naive forecast's key in family_scores
 HARM_MIN_NOISE = 1e-4  # lower bound of the noise estimate (log loss), so a noise-free curve is not judged on rounding
 
 
@@ -126,6 +129,7 @@ class TransferSampler(MixtureSampler):
         "forgetting": "fit",  # fit | off
         "forget_scale": 0.1,  # time constant of the recent-share EMA, as a share of total_budget
         "forget_z": 2.0,  # beta is the estimate minus this many standard errors (0 unless the evidence is clear)
+        "trust": "always",  # skill: the target follows the law's optimum only while the law forecasts better than persistence (measured: not better, see docs)
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
                     "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta")
@@ -224,6 +228,9 @@ class TransferSampler(MixtureSampler):
         self.forgetting = o["forgetting"]
         self.forget_scale = self._opt_float("forget_scale", 1e-6, 10.0)
         self.forget_z = self._opt_float("forget_z", 0.0)
+        if o["trust"] not in ("skill", "always"):
+            raise SamplerError(f"sampler 'transfer' option 'trust': expected skill or always, got {o['trust']!r}")
+        self.trust = o["trust"]
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -354,9 +361,12 @@ class TransferSampler(MixtureSampler):
         arrived since it was fitted (a true forecast), EMA over refits. No extra fits needed."""
         if self.scored.get("split") == split:
             new = steps > self.scored.get("step", -1)
-            for fam, law in self._laws.items():
-                if new.any():
-                    err = _log_error(law, D[new], L[new])
+            if new.any():
+                errors = {fam: _log_error(law, D[new], L[new]) for fam, law in self._laws.items()}
+                # The yardstick: "the next loss equals the last one". A law that cannot beat it has
+                # no skill, and with trust: skill its optimum does not move the mixture (_retarget).
+                errors[PERSISTENCE] = _persistence_error(L, new)
+                for fam, err in errors.items():
                     if np.isfinite(err):
                         old = self.family_scores.get(fam)
                         self.family_scores[fam] = err if old is None else (1 - SCORE_EMA) * old + SCORE_EMA * err
@@ -424,11 +434,24 @@ class TransferSampler(MixtureSampler):
             optimum = np.sum([m * w for m, w in zip(mix / mix.sum(), optima.values(), strict=True)], axis=0)
         else:
             optimum = next(iter(optima.values()))
+        if self.trust == "skill" and not self._has_skill():
+            # Real cpu_tiny runs: the laws forecast the next validation losses no better than
+            # "unchanged" for most of the run, yet their optima swung the mixture between 0.97 on
+            # one domain and 0.97 on another. Without forecast skill the target heads to the prior.
+            info["untrusted"] = True
+            info["law_optimum"] = optimum.tolist()
+            optimum = self.prior_w.copy()
         optimum = self._guard(optimum, info)
         moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
         step = np.clip(moved - self.target, -self.max_change, self.max_change)
         self.target = project_to_floors(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floors)
         info["optimum"] = optimum.tolist()
+
+    def _has_skill(self) -> bool:
+        """The law in use forecast the newest points better than persistence (EMA scores); False
+        until both have been scored, so no mixture moves on an untested law."""
+        law, naive = self.family_scores.get(self.chosen or ""), self.family_scores.get(PERSISTENCE)
+        return law is not None and naive is not None and law < naive
 
     def _unidentified(self) -> np.ndarray:
         """Domains whose own learning curve the fit did not pin down: its exponent alpha or its
@@ -723,6 +746,18 @@ def _law_from_state(state: dict[str, Any]) -> Any:
     from mixpretrain.scaling import LawFit
 
     return LawFit.from_dict(state)
+
+
+def _persistence_error(L: np.ndarray, new: np.ndarray) -> float:
+    """Mean |log L_t - log L_{t-1}| over the new points (each forecast by the point before it)."""
+    idx = np.flatnonzero(new)
+    idx = idx[idx > 0]
+    if idx.size == 0:
+        return np.inf
+    with np.errstate(all="ignore"):
+        err = np.abs(np.log(L[idx]) - np.log(L[idx - 1]))
+    err = err[np.isfinite(err)]
+    return float(err.mean()) if err.size else np.inf
 
 
 def _log_error(fit: Any, D: np.ndarray, L: np.ndarray) -> float:
