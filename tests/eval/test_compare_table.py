@@ -1,0 +1,41 @@
+"""The comparison table from per-run summaries: normalisation by proportional of the same seed,
+seed-to-seed spread and per-seed wins (no training: summaries are written by hand)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixpretrain.eval.compare import build_table, format_table
+
+DOMAINS = ["ct", "pet"]
+
+
+def summary(ct: float, pet: float) -> dict:
+    return {"domains": DOMAINS, "final_val": {"ct": ct, "pet": pet}, "consumed": {"ct": 60.0, "pet": 40.0}}
+
+
+def test_spread_and_seed_wins() -> None:
+    runs = [{"name": f"{s}-seed{k}", "sampler": s, "seed": k} for s in ("proportional", "transfer") for k in (0, 1, 2)]
+    per_run = {
+        "proportional-seed0": summary(1.0, 0.5), "proportional-seed1": summary(1.0, 0.5), "proportional-seed2": summary(1.0, 0.5),
+        "transfer-seed0": summary(0.98, 0.49),  # 2% below on both domains
+        "transfer-seed1": summary(1.01, 0.505),  # 1% above
+        "transfer-seed2": summary(0.99, 0.5),  # 1% below on ct only: mean 0.995
+    }
+    result = build_table(runs, per_run)
+    row = result["samplers"]["transfer"]
+    assert row["mean_normalised_per_seed"] == pytest.approx([0.98, 1.01, 0.995])
+    assert row["mean_normalised"] == pytest.approx(0.995)
+    assert row["mean_normalised_sd"] == pytest.approx(0.015)
+    assert row["seeds_below_reference"] == 2
+    assert result["samplers"]["proportional"]["seeds_below_reference"] == 0
+    table = format_table(result)
+    assert "| transfer |" in table and "0.0150 (3)" in table and "2/3" in table
+
+
+def test_one_seed_has_no_spread() -> None:
+    runs = [{"name": "proportional-seed0", "sampler": "proportional", "seed": 0},
+            {"name": "uniform-seed0", "sampler": "uniform", "seed": 0}]
+    result = build_table(runs, {"proportional-seed0": summary(1.0, 0.5), "uniform-seed0": summary(1.02, 0.49)})
+    assert result["samplers"]["uniform"]["mean_normalised_sd"] is None
+    assert "- (1)" in format_table(result)
