@@ -33,6 +33,8 @@ def test_allocation_near_true_optimum(world4):
     # Judged by the TRUE law: the fitted law's allocation is within 0.5% of the true optimum.
     assert _objective(world, budget, ours.weights) <= 1.005 * _objective(world, budget, best.weights)
     assert best.gain_vs_uniform >= 0 and best.gain_vs_proportional >= 0
+    # The reducible share: of the objective above its floor sum(lambda E / ref), never below the plain gain.
+    assert best.gain_vs_proportional <= best.reducible_gain_vs_proportional <= 1.0
     np.testing.assert_allclose(ours.predicted, fit.predict(budget * ours.weights))
 
 
