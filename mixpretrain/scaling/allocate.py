@@ -4,14 +4,17 @@ Allocation minimises the importance-weighted mean normalised loss
 
     f(w) = sum_j lambda_j * L_j(B * w) / L_j(B * w_uniform),   sum_j lambda_j = 1
 
-over the simplex with floor <= w_i <= cap_i / B. With ``forgetting=(beta, r0)`` each term is
-multiplied by 1 + beta_j x max(0, 1 - w_j / r0_j): a domain held below its reference share r0_j
-by a constant mixture loses beta_j of its loss per unit of relative shortfall (forgetting, which a
-law in cumulative counts cannot express; the transfer sampler estimates beta online). Normalising by each domain's loss under the uniform
-mixture at the same budget makes domains with different loss scales count equally. The law is not
-convex in w in general (gamma < 1, repetition), so SLSQP (analytic gradient) is started from the
-uniform and proportional mixtures, each feasible vertex direction and random Dirichlet points, and the
-best result is kept.
+over the simplex with floor <= w_i <= cap_i / B. Normalising by each domain's loss under the uniform
+mixture at the same budget makes domains with different loss scales count equally.
+
+With ``forgetting=(beta, r0)`` each term is multiplied by 1 + beta_j x max(0, 1 - w_j / r0_j): a
+domain held below its reference share r0_j by a constant mixture loses beta_j of its loss per unit
+of relative shortfall (forgetting, which a law in cumulative counts cannot express; the transfer
+sampler estimates beta online).
+
+The law is not convex in w in general (gamma < 1, repetition), so SLSQP (analytic gradient) is
+started from the uniform and proportional mixtures, each feasible vertex direction and random
+Dirichlet points, and the best result is kept.
 """
 
 from __future__ import annotations
