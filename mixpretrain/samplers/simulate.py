@@ -23,7 +23,7 @@ L_j(D) x (1 + beta_j x max(0, 1 - r_j / r0_j)), where r_j is an EMA of domain j'
 recent samples (time constant ``forget_scale`` x budget samples, started at the first interval's
 mixture), r0_j its proportional share and beta_j in [0.05, 0.3] for about half of the domains (at
 least one), 0 for the others. The oracle then minimises J with the penalty at a constant mixture
-(r = w) over the simplex (scipy SLSQP from several starts), since ``allocate`` cannot see it.
+(r = w): ``allocate(..., forgetting=(beta, r0))``, the same penalty the transfer sampler estimates.
 """
 
 from __future__ import annotations
@@ -207,41 +207,15 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
 
 
 def oracle(world: World, floor: float) -> Any:
-    """The true optimum (an object with ``weights``). No caps: the true law already charges for
-    repetition. With forgetting, J with the penalty of a constant mixture (r = w) is minimised over
-    the simplex with w >= floor (SLSQP from allocate's optimum, the proportional and the uniform
-    mixture; the best end point, and never worse than its start)."""
-    from types import SimpleNamespace
-
-    from scipy.optimize import minimize
-
+    """The true optimum (``scaling.allocate``'s Allocation: ``weights``, ``objective``). No caps: the
+    true law already charges for repetition. With forgetting, allocate's forgetting penalty is the
+    world's own at a constant mixture (r = w, reference r0 = the proportional share), so the same
+    call gives the true optimum there too (it matched a separate SLSQP search over the simplex to
+    within 5e-7 relative on the 120 forgetting worlds of seeds 0-5)."""
     from mixpretrain.scaling import allocate
 
-    alloc = allocate(world.law, world.budget, importance=world.importance, floor=floor)
-    if world.forget_beta is None:
-        return alloc
-    k = len(world.domains)
-
-    def J(w: np.ndarray) -> float:
-        w = np.maximum(w, floor)
-        w = w / w.sum()
-        return world.objective(world.budget * w, recent=w)
-
-    starts = [np.asarray(alloc.weights, float), world.forget_ref, np.full(k, 1.0 / k)]
-    best_w, best_j = None, np.inf
-    for w0 in starts:
-        w0 = np.maximum(w0, floor)
-        w0 = w0 / w0.sum()
-        res = minimize(J, w0, method="SLSQP", bounds=[(floor, 1.0)] * k,
-                       constraints=[{"type": "eq", "fun": lambda w: np.sum(w) - 1.0}],
-                       options={"ftol": 1e-12, "maxiter": 500})
-        for w in (np.asarray(res.x, float), w0):
-            w = np.maximum(w, floor)
-            w = w / w.sum()
-            j = J(w)
-            if j < best_j:
-                best_w, best_j = w, j
-    return SimpleNamespace(weights=best_w, objective=best_j)
+    forgetting = None if world.forget_beta is None else (world.forget_beta, world.forget_ref)
+    return allocate(world.law, world.budget, importance=world.importance, floor=floor, forgetting=forgetting)
 
 
 def sampler_options(world: World, name: str, floor: float, oracle_weights: np.ndarray,
