@@ -281,8 +281,12 @@ def ingest(
         for case, array, info in tqdm(results, total=len(todo), desc="ingest", unit="case", disable=not progress or None):
             _handle(case, array, info, out, writers, settings, val_fraction, shard_size, dtype, codec, summary, meta_of)
     except BaseException:
-        for w in writers.values():
-            w.abort()  # the shard in progress is dropped; finished ones are already indexed
+        for (d, _split), w in writers.items():
+            w.abort()  # the shard in progress is dropped
+            # Finished shards are indexed as they complete, but an interrupt can fall between a
+            # shard's rename and its index update: record every finished shard on disk again
+            # (update_index replaces entries by file), so the index lists exactly the shards on disk.
+            _record(out, d, settings[d], [s for s in w.finished() if (out / s["file"]).is_file()], meta_of)
         raise
     for (d, _split), w in writers.items():
         w.close()

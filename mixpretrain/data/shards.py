@@ -299,17 +299,20 @@ class ShardWriter:
         self._tar.close()
         self._stream.close()
         final = self.domain_dir / self._name
-        os.replace(self._tmp, final)  # atomic: a reader sees a complete shard or none
+        # The record first, the rename last: a Ctrl-C between the two must not leave a complete shard
+        # on disk that no record knows of (ingest indexes the records of an interrupted run; with the
+        # rename first, an interrupt during the checksum left an unindexed shard and no index.json).
         self._written.append(
             {
                 "file": f"{self.domain}/{self._name}",
                 "split": self.split,
                 "samples": self._count,
-                "bytes": final.stat().st_size,
-                "sha256": _sha256(final),
+                "bytes": self._tmp.stat().st_size,
+                "sha256": _sha256(self._tmp),
                 "keys": self._shard_keys,
             }
         )
+        os.replace(self._tmp, final)  # atomic: a reader sees a complete shard or none
         log.debug("wrote %s (%d samples)", final, self._count)
         self._tar = None
 
@@ -360,6 +363,11 @@ class ShardWriter:
         new = self._written[self._popped :]
         self._popped = len(self._written)
         return list(new)
+
+    def finished(self) -> list[dict]:
+        """Every shard finalised so far (after an interrupt, check that its file exists: the record is
+        made just before the rename)."""
+        return list(self._written)
 
     def close(self) -> list[dict]:
         """Finalise the open shard; return one dict per shard written (file, split, samples, bytes, sha256, keys)."""

@@ -245,3 +245,31 @@ def test_same_case_id_in_two_domains_shares_the_split(tmp_path, real_data_dir):
     pa, mb = domains["pa"]["cases"]["subj1"], domains["mb"]["cases"]["subj1"]
     assert pa["source"].endswith("FDOPA_f18.nii") and mb["source"].endswith("breast1_image.nrrd")
     assert pa["split"] == mb["split"] == assign_split("subj1", 0.5)
+
+
+def test_interrupt_between_shard_rename_and_index_update_leaves_it_indexed(tmp_path, real_data_dir, monkeypatch):
+    """The window the Ctrl-C test hits only by chance, made deterministic: the first index update
+    (right after the first shard is renamed into place) raises KeyboardInterrupt. The shard on disk
+    must still end up in index.json, and nothing else may be left over."""
+    import mixpretrain.data.ingest as ingest_module
+
+    real_update, calls = S.update_index, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module.S, "update_index", interrupted_once)
+    cases = cases_from_inputs([real_data_dir / "mri" / "pyradiomics_brain1_image.nrrd",
+                               real_data_dir / "mri" / "pyradiomics_brain2_image.nrrd"], "m", "mri")
+    out = tmp_path / "shards"
+    with pytest.raises(KeyboardInterrupt):
+        ingest(cases, out, val_fraction=0.0, shard_size=1, progress=False)
+    monkeypatch.setattr(ingest_module.S, "update_index", real_update)
+    on_disk = sorted(p.name for p in (out / "m").glob("*.tar"))
+    assert on_disk == ["train-000000.tar"]  # interrupted after the first shard
+    index = S.load_index(out)["domains"]["m"]
+    assert [Path(s["file"]).name for s in index["shards"]] == on_disk
+    assert S.orphans(out) == [] and not list((out / "m").glob("*.tmp")) and S.verify(out) == []
