@@ -78,7 +78,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise SystemExit("compare_samplers.py --pretrain: error: --config configs/bench/<name>.yaml is required")
     logging.getLogger("mixpretrain").setLevel(logging.INFO)  # progress of the runs (minutes each)
     try:
-        return cmd_compare(args.config, samplers=args.samplers, seeds=args.seeds, out=args.out, as_json=args.json)
+        return cmd_compare(args.config, samplers=args.samplers, seeds=args.seeds, out=args.out, as_json=args.json,
+                           jobs=args.jobs)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise SystemExit(f"compare_samplers.py --pretrain: error: {exc}") from exc
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="--pretrain: bench config, e.g. configs/bench/cpu_tiny.yaml")
     parser.add_argument("--seeds", type=int, help="--pretrain: seeds per sampler (default: the config's bench.seeds)")
     parser.add_argument("--out", help="--pretrain: output folder (default: outputs/bench/<config name>/compare)")
+    parser.add_argument("--jobs", type=int, help="--pretrain: runs trained at the same time (default: the config's bench.jobs, else 1)")
     parser.add_argument("--worlds", type=int, default=20, help="number of simulated worlds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world generator")
     parser.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle",
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(asctime)s %(message)s")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.worlds < 1:
         parser.error(f"--worlds must be >= 1, got {args.worlds}")
     from mixpretrain.samplers import SamplerError

@@ -9,6 +9,7 @@ this module removes before the trainer sees it::
       phantom: {size: 32, seed: 0, cases: {ct: 48, mri: 16, pet: 8}}   # synthesised if data.shards lacks index.json
       sampler_options: {transfer: {explore_fraction: 0.2}}              # per sampler, merged into sampler.options
       final_evals: 5                # "final" validation loss = mean of the last 5 evaluations (default 1)
+      jobs: 1                       # runs trained at the same time (a GPU machine's trainer is host-bound)
 
 For every (sampler, seed) one run config is written to ``OUT/configs/`` -- only ``output_dir``,
 ``sampler.name``, ``sampler.options`` and ``train.seed`` differ -- and trained through
@@ -40,7 +41,7 @@ from .runner import read_metrics, run_one
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDED = ("fixed",)  # needs explicit weights; not a policy to compare
-BENCH_KEYS = ("samplers", "seeds", "phantom", "sampler_options", "final_evals")
+BENCH_KEYS = ("samplers", "seeds", "phantom", "sampler_options", "final_evals", "jobs")
 
 
 def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -62,6 +63,9 @@ def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     final_evals = bench.get("final_evals", 1)
     if isinstance(final_evals, bool) or not isinstance(final_evals, int) or final_evals < 1:
         raise ValueError(f"{path}: bench.final_evals must be an integer >= 1, got {final_evals!r}")
+    jobs = bench.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{path}: bench.jobs must be an integer >= 1, got {jobs!r}")
     try:
         run = config_to_dict(config_from_dict(raw))
     except ValueError as exc:
@@ -120,9 +124,33 @@ def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str
             config_from_dict(raw)
             path = out_dir / "configs" / f"{name}.yaml"
             path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            reference = raw["sampler"]["options"].get("reference") if sampler == "doremi" else None
             runs.append({"name": name, "sampler": sampler, "seed": seed, "config": path,
-                         "run_dir": Path(raw["output_dir"]), "max_steps": int(raw["train"]["max_steps"])})
+                         "run_dir": Path(raw["output_dir"]), "max_steps": int(raw["train"]["max_steps"]),
+                         "needs": Path(reference).name if reference else None})
     return runs
+
+
+def train_runs(runs: list[dict[str, Any]], out: Path, jobs: int, launcher: str, nproc: int,
+               timeout: float | None) -> dict[str, dict[str, Any]]:
+    """Train the planned runs, ``jobs`` at a time; a run that ``needs`` another (doremi's reference
+    run) starts after it. Returns {run name: run_one's status}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    futures: dict[str, Any] = {}
+
+    def train(r: dict[str, Any]) -> dict[str, Any]:
+        if r["needs"] in futures:  # planned earlier, so already running or done: waiting cannot deadlock
+            futures[r["needs"]].result()
+        return run_one(r["config"], r["run_dir"], r["max_steps"], out / "logs" / f"{r['name']}.log",
+                       launcher, nproc, timeout)
+
+    # Runs that others need go first: the executor starts tasks in submission order.
+    order = sorted(runs, key=lambda r: r["needs"] is not None)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for r in order:
+            futures[r["name"]] = pool.submit(train, r)
+    return {r["name"]: futures[r["name"]].result() for r in runs}
 
 
 def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
@@ -298,8 +326,9 @@ def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out
 
 def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] | None = None, seeds: int | None = None,
                    launcher: str = "python", nproc: int = 1, timeout: float | None = None,
-                   overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train every (sampler, seed) through the real trainer, then tabulate and plot; returns the result."""
+                   overrides: list[str] | None = None, jobs: int | None = None) -> dict[str, Any]:
+    """Train every (sampler, seed) through the real trainer, then tabulate and plot; returns the result.
+    ``jobs`` (default: the config's ``bench.jobs``, else 1) runs train at the same time."""
     from mixpretrain.config import config_from_dict, config_to_dict
 
     run_cfg, bench = split_bench_config(config)
@@ -313,6 +342,9 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
     seeds = int(seeds or bench.get("seeds", 1))
     final_evals = int(bench.get("final_evals", 1))  # validated by split_bench_config
+    jobs = int(jobs or bench.get("jobs", 1))
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     samplers = list(dict.fromkeys(samplers))
     doremi_opts = (bench.get("sampler_options") or {}).get("doremi", {})
     if "doremi" in samplers and "reference" not in doremi_opts:
@@ -324,15 +356,11 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     ensure_phantom_shards(run_cfg["data"]["shards"], bench.get("phantom"))
     runs = plan_runs(run_cfg, bench, samplers, seeds, out)
     t0 = time.perf_counter()
-    status, per_run = {}, {}
-    for r in runs:
-        status[r["name"]] = run_one(r["config"], r["run_dir"], r["max_steps"], out / "logs" / f"{r['name']}.log",
-                                    launcher, nproc, timeout)
-        if status[r["name"]]["status"] != "failed":
-            per_run[r["name"]] = summarise_run(r["run_dir"], final_evals)
+    status = train_runs(runs, out, jobs, launcher, nproc, timeout)
+    per_run = {r["name"]: summarise_run(r["run_dir"], final_evals) for r in runs if status[r["name"]]["status"] != "failed"}
     result = build_table(runs, per_run)
     result.update({
-        "config": str(config), "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "runs": status,
+        "config": str(config), "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "jobs": jobs, "runs": status,
         "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     })
@@ -349,12 +377,13 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
 
 
 def cmd_compare(config: str, samplers: str | None = None, seeds: int | None = None, out: str | None = None,
-                launcher: str = "python", nproc: int = 1, as_json: bool = False, overrides: list[str] | None = None) -> int:
+                launcher: str = "python", nproc: int = 1, as_json: bool = False, overrides: list[str] | None = None,
+                jobs: int | None = None) -> int:
     """Run the comparison and print the table (or the JSON result as the last line)."""
     out_dir = Path(out) if out else Path("outputs/bench") / Path(config).stem / "compare"
     names = [s.strip() for s in samplers.split(",") if s.strip()] if samplers else None
     result = run_comparison(config, out_dir, samplers=names, seeds=seeds, launcher=launcher, nproc=nproc,
-                            overrides=overrides)
+                            overrides=overrides, jobs=jobs)
     print(format_table(result))
     print(f"\nruns: {out_dir}/runs, logs: {out_dir}/logs, plots: {', '.join(result['plots'])}; wall {result['wall_s']} s")
     if as_json:

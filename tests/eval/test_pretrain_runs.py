@@ -57,6 +57,30 @@ def test_two_sampler_comparison_produces_the_table(tmp_path: Path) -> None:
         assert (tmp_path / "cmp" / name).is_file()
 
 
+def test_parallel_comparison_trains_doremi_after_its_reference(tmp_path: Path) -> None:
+    from mixpretrain.eval.compare import run_comparison
+
+    cfg = _config(tmp_path / "bench.yaml", tmp_path / "shards",
+                  bench={"samplers": ["doremi", "proportional"], "jobs": 3,
+                         "phantom": {"size": 16, "cases": {"ct": 6, "mri": 3}}})
+    result = run_comparison(cfg, tmp_path / "cmp")
+    assert result["jobs"] == 3
+    # doremi reads the uniform run's validation losses: it could only succeed after that run finished
+    assert set(result["runs"]) == {"uniform-seed0", "doremi-seed0", "proportional-seed0"}
+    assert all(s["status"] == "ok" for s in result["runs"].values()), result["runs"]
+    uniform_done = (tmp_path / "cmp/runs/uniform-seed0/metrics.jsonl").stat().st_mtime
+    doremi_log = (tmp_path / "cmp/logs/doremi-seed0.log").read_text()
+    assert doremi_log and uniform_done <= (tmp_path / "cmp/runs/doremi-seed0/metrics.jsonl").stat().st_mtime
+
+
+def test_bench_jobs_must_be_a_positive_integer(tmp_path: Path) -> None:
+    from mixpretrain.eval.compare import split_bench_config
+
+    cfg = _config(tmp_path / "bench.yaml", tmp_path / "shards", bench={"jobs": 0})
+    with pytest.raises(ValueError, match="bench.jobs must be an integer >= 1, got 0"):
+        split_bench_config(cfg)
+
+
 def test_pilot_sweep_runs_collects_fits_and_allocates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from mixpretrain.data.synth import write_phantom_shards
     from mixpretrain.eval.pilot import run_pilot_sweep
