@@ -87,6 +87,32 @@ def test_a_small_rise_on_a_quiet_domain_is_not_harm() -> None:
     assert set(strict.harmed) == {"ct"} and strict.harmed["ct"]["rise"] < 0.02
 
 
+def test_a_burst_then_starvation_is_a_cut() -> None:
+    """Right after its best point a domain got a catch-up burst, then almost nothing (the H100
+    gpu_small run: pet 0.72 of the samples for 20 steps, then 0.01, loss +25%). Its share since the
+    best point is still above its prior; its recent share is not. harm_recent (default) flags it."""
+    prior = np.array([0.1, 0.45, 0.45])  # proportional to `available`
+    phases = [(10, prior), (10, np.array([0.8, 0.1, 0.1])), (20, np.array([0.01, 0.495, 0.495]))]
+
+    def run(**opts: object) -> object:
+        s = build("transfer", DOMAINS, **{**BASE, "available": [100, 450, 450], **opts})
+        consumed, step = np.zeros(3), 0
+        for n, w in phases:
+            for _ in range(n):
+                step += 1
+                consumed = consumed + w * 500.0
+                loss = law(consumed) * np.exp(0.002 * np.random.default_rng(step).standard_normal(3))
+                loss[0] *= 1.0 + 0.03 * max(0, step - 10)  # ct's loss rises from its best point on
+                s.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "val")
+        return s
+
+    s = run()
+    assert set(s.harmed) == {"ct"}, s.harmed
+    ev = s.harmed["ct"]
+    assert ev["share_since_best"] > 0.1 > ev["recent_share"]
+    assert run(harm_recent=False).harmed == {}  # the share since the best point alone misses it
+
+
 def test_state_round_trip_with_a_harmed_domain() -> None:
     s = build("transfer", DOMAINS, **BASE)
     feed(s, [EVEN, CUT], rise=0.01)
@@ -112,6 +138,7 @@ def test_state_round_trip_with_a_harmed_domain() -> None:
     ({"harm_floor": 1.5}, "harm_floor"),
     ({"harm_floor": "prior"}, "harm_floor"),
     ({"harm_min_rise": -0.01}, "harm_min_rise"),
+    ({"harm_recent": "yes"}, "harm_recent"),
 ])
 def test_bad_harm_options_are_named(opts: dict, match: str) -> None:
     with pytest.raises(SamplerError, match=match):
