@@ -42,11 +42,34 @@ def test_cooldown_holds_the_target_without_dither() -> None:
     assert middle and max(np.abs(w - t).max() for w, t in middle) > 0.01  # before it, steering + dither move around it
 
 
+def test_cooldown_prior_blends_the_prior_into_the_final_mixture() -> None:
+    prior = np.array([0.5, 0.3, 0.2])  # proportional to `available`
+    for share in (1.0, 0.5):
+        late = [(w, t) for frac, phase, w, t in run(cooldown=0.2, cooldown_prior=share, available=[500, 300, 200])
+                if phase == "cooldown"]
+        assert late
+        for w, t in late:
+            # the target at the step (projected to the floors) blended with the prior; floors are 0.01 here
+            np.testing.assert_allclose(w, (1 - share) * t + share * prior, atol=1e-6)
+
+
+def test_auto_cooldown_prior_needs_evidence_of_recency_effects() -> None:
+    s = build("transfer", DOMAINS, seed=0, total_budget=BUDGET)
+    assert s._cooldown_prior_share() == 0.0  # nothing seen: the cooldown holds the target
+    state = s.state_dict()
+    s.load_state_dict({**state, "beta": [0.0, 0.02, 0.0]})  # a forgetting estimate above zero
+    assert s._cooldown_prior_share() == 1.0
+    s.load_state_dict({**state, "harmed": {"pet": {"step": 10}}})  # or a harm flag
+    assert s._cooldown_prior_share() == 1.0
+    assert build("transfer", DOMAINS, total_budget=BUDGET, cooldown_prior=0.3)._cooldown_prior_share() == 0.3
+
+
 def test_cooldown_zero_steers_to_the_end() -> None:
     steps = run(cooldown=0.0)
     assert all(phase != "cooldown" for _, phase, _, _ in steps)
 
 
-def test_cooldown_option_is_checked() -> None:
-    with pytest.raises(SamplerError, match="cooldown"):
-        build("transfer", DOMAINS, total_budget=BUDGET, cooldown=1.5)
+@pytest.mark.parametrize("opts", [{"cooldown": 1.5}, {"cooldown_prior": -0.1}, {"cooldown_prior": "prior"}])
+def test_cooldown_options_are_checked(opts: dict) -> None:
+    with pytest.raises(SamplerError, match=next(iter(opts))):
+        build("transfer", DOMAINS, total_budget=BUDGET, **opts)
