@@ -152,8 +152,9 @@ def test_two_rank_deepspeed_run_survives_sigkill(phantom_shards: Path, tmp_path:
     assert last < first, (first, last)
     assert all(any(f"loss/{d}" in r for r in recs) and recs[-1]["consumed"][d] > 0 for d in DOMAINS)
     assert all(f"val/{d}" in recs[15] for d in DOMAINS)
-    w0, w1 = recs[0]["weights"], recs[-1]["weights"]
-    assert max(abs(w0[d] - w1[d]) for d in DOMAINS) > 0.05
+    # (at some point: the cooldown may end the run on the first, prior mixture: cooldown_prior auto)
+    w0 = recs[0]["weights"]
+    assert max(abs(r["weights"][d] - w0[d]) for r in recs for d in DOMAINS) > 0.05
     assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 16 * 4 * 2
     assert recs[-1]["weights_lag_batches"] <= 2 * 1 + 1  # num_workers x prefetch_factor + 1
     diag = [r for r in _records(out / "sampler.jsonl") if "phase" in r]
