@@ -46,9 +46,10 @@ that evidence accumulates, and returns as soon as the law is on a bound again).
 
 Reactive guard (``harm_guard``): instead of guessing from the fit which domain might suffer, it
 watches for the harm itself. A domain that got less than its prior share of the samples since its
-best smoothed validation loss (or, with ``harm_recent``, whose recent share is below its prior), and whose smoothed loss has since risen by more than ``harm_guard``
-x its noise, is flagged "harmed" (state ``harmed``, ``diagnostics()["harmed"]``,
-``last_refit["harmed"]``, a warning in the log) and floored at ``harm_floor`` x its prior weight
+best smoothed validation loss (or, with ``harm_recent``, whose recent share is below its prior),
+and whose smoothed loss has since risen by more than ``harm_guard`` x its noise, is flagged
+"harmed" (state ``harmed``, ``diagnostics()["harmed"]``, ``last_refit["harmed"]``, a warning in
+the log) and floored at ``harm_floor`` x its prior weight
 for the rest of the run. A law in cumulative counts predicts no rise at all, so without forgetting
 the guard should stay silent (it fired in 4 of the 120 simulated default worlds of seeds 0-5, all
 false alarms). It is on by default and the preventive rules above are off (``min_prior_share`` 0,
@@ -104,7 +105,9 @@ class TransferSampler(MixtureSampler):
         "max_change": 0.15,  # max change of any domain's target weight per refit
         "horizon": 0.2,  # steer cumulative consumption over this share of total_budget
         "cooldown": 0.15,  # last share of total_budget: weights = target (no catch-up, no dither); 0: steer to the end
-        "cooldown_prior": "auto",  # share of the prior blended into the cooldown weights (1: end on the prior); auto: 1 once the run shows recency effects (a harm flag or a forgetting beta > 0), else 0
+        # Share of the prior blended into the cooldown weights (1: end on the prior mixture); auto: 1 once
+        # the run has shown recency effects (a harm flag or a forgetting beta > 0), else 0.
+        "cooldown_prior": "auto",
         "importance": None,  # per-domain lambda for the allocation objective (dict or list)
         "max_epochs": None,  # repetition cap: at most this many passes over a domain's available data
         "compare_last": 3,  # newest points on which a refit must not be worse than the previous law
@@ -228,9 +231,9 @@ class TransferSampler(MixtureSampler):
                                "(the smoothed loss would never move)")
         self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
         self.harm_min_rise = self._opt_float("harm_min_rise", 0.0)
-        if not isinstance(self.options["harm_recent"], bool):
-            raise SamplerError(f"sampler 'transfer' option 'harm_recent': expected true/false, got {self.options['harm_recent']!r}")
-        self.harm_recent = self.options["harm_recent"]
+        if not isinstance(o["harm_recent"], bool):
+            raise SamplerError(f"sampler 'transfer' option 'harm_recent': expected true/false, got {o['harm_recent']!r}")
+        self.harm_recent = o["harm_recent"]
         if o["forgetting"] not in ("fit", "off"):
             raise SamplerError(f"sampler 'transfer' option 'forgetting': expected fit or off, got {o['forgetting']!r}")
         self.forgetting = o["forgetting"]
