@@ -725,6 +725,7 @@ class TransferSampler(MixtureSampler):
             "doubt": to_jsonable(self.doubt),  # 1 = no evidence for the domain's law yet
             "harmed": to_jsonable(self.harmed),  # reactive guard: domains whose val loss rose after a cut
             "forgetting": dict(zip(self.domains, to_jsonable(self.beta), strict=True)),  # beta per domain
+            "cooldown_prior": self._cooldown_prior_share(),  # share of the prior the cooldown would mix in now
             "counters": dict(self.counters),
             "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},
             "points": len(self.points),

@@ -58,7 +58,7 @@ def test_auto_cooldown_prior_needs_evidence_of_recency_effects() -> None:
     assert s._cooldown_prior_share() == 0.0  # nothing seen: the cooldown holds the target
     state = s.state_dict()
     s.load_state_dict({**state, "beta": [0.0, 0.02, 0.0]})  # a forgetting estimate above zero
-    assert s._cooldown_prior_share() == 1.0
+    assert s._cooldown_prior_share() == 1.0 and s.diagnostics()["cooldown_prior"] == 1.0
     s.load_state_dict({**state, "harmed": {"pet": {"step": 10}}})  # or a harm flag
     assert s._cooldown_prior_share() == 1.0
     assert build("transfer", DOMAINS, total_budget=BUDGET, cooldown_prior=0.3)._cooldown_prior_share() == 0.3
