@@ -79,7 +79,6 @@ from .baselines import repetition_caps
 log = logging.getLogger(__name__)
 
 AUTO_FAMILIES = ("power", "linear", "transfer")  # simplest first
-SELECT_TOL = 0.05  # a more complex family must forecast > 5% better than a simpler one
 SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
 E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 RESOLVE_NOISE = 3.0  # a domain's fitted loss change must exceed this x its residual to count as evidence
@@ -110,6 +109,7 @@ class TransferSampler(MixtureSampler):
         "cooldown_prior": "auto",
         "importance": None,  # per-domain lambda for the allocation objective (dict or list)
         "max_epochs": None,  # repetition cap: at most this many passes over a domain's available data
+        "select_tol": 0.05,  # auto: a more complex family must forecast this much better (relative) than a simpler one
         "compare_last": 3,  # newest points on which a refit must not be worse than the previous law
         "max_points": 400,  # history kept for fitting (oldest usable points thinned beyond this)
         "ensemble": False,  # auto: average the families' optima, weighted by forecast score
@@ -129,6 +129,8 @@ class TransferSampler(MixtureSampler):
         "harm_smoothing": 0.5,  # EMA weight of the newest validation loss in the smoothed curve (0, 1]
         "harm_floor": 1.0,  # floor of a harmed domain's target and weight, as a share of its prior weight
         "harm_min_rise": 0.02,  # and the rise must exceed this (log loss, ~2%): smaller rises cost less than the floor
+        "harm_confirm": 1,  # the evidence must hold at this many successive validation points of the domain
+        "harm_catchup": True,  # a harmed domain's floor also holds for the target: its cumulative share catches up
         "harm_recent": True,  # also count a domain as cut when its recent share (EMA, forget_scale) is below its prior share
         # Forgetting in the allocation: per domain, beta = how much its loss rises per unit of shortfall
         # of its recent share below the prior share, estimated from the fit's residuals; the optimum then
@@ -209,6 +211,7 @@ class TransferSampler(MixtureSampler):
         self.max_change = self._opt_float("max_change", 0.0, 1.0)
         self.horizon = self._opt_float("horizon", 1e-6, 10.0)
         self.compare_last = self._opt_int("compare_last", 1)
+        self.select_tol = self._opt_float("select_tol", 0.0)
         if not isinstance(o["rotate_challengers"], bool):
             raise SamplerError(f"sampler 'transfer' option 'rotate_challengers': expected true/false, got {o['rotate_challengers']!r}")
         self.rotate_challengers = o["rotate_challengers"]
@@ -231,6 +234,10 @@ class TransferSampler(MixtureSampler):
                                "(the smoothed loss would never move)")
         self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
         self.harm_min_rise = self._opt_float("harm_min_rise", 0.0)
+        self.harm_confirm = self._opt_int("harm_confirm", 1)
+        if not isinstance(o["harm_catchup"], bool):
+            raise SamplerError(f"sampler 'transfer' option 'harm_catchup': expected true/false, got {o['harm_catchup']!r}")
+        self.harm_catchup = o["harm_catchup"]
         if not isinstance(o["harm_recent"], bool):
             raise SamplerError(f"sampler 'transfer' option 'harm_recent': expected true/false, got {o['harm_recent']!r}")
         self.harm_recent = o["harm_recent"]
@@ -409,7 +416,7 @@ class TransferSampler(MixtureSampler):
         return "accepted"
 
     def _choose(self) -> str | None:
-        """The family with the best forecast score; the simplest within SELECT_TOL of it. Before
+        """The family with the best forecast score; the simplest within ``select_tol`` of it. Before
         any family has a score, the simplest fitted one (fewest parameters, least to overfit)."""
         fitted = [f for f in self._candidates() if f in self._laws]
         if not fitted:
@@ -418,7 +425,7 @@ class TransferSampler(MixtureSampler):
         if not scored:
             return fitted[0]
         best = min(scored.values())
-        return next(f for f in fitted if f in scored and scored[f] <= best * (1 + SELECT_TOL))
+        return next(f for f in fitted if f in scored and scored[f] <= best * (1 + self.select_tol))
 
     def _retarget(self, info: dict[str, Any]) -> None:
         """Move the target allocation toward the law's optimum for the planned budget."""
@@ -455,7 +462,8 @@ class TransferSampler(MixtureSampler):
         optimum = self._guard(optimum, info)
         moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
         step = np.clip(moved - self.target, -self.max_change, self.max_change)
-        self.target = project_to_floors(cap_fill(project_to_floor(self.target + step, 0.0), self.caps), self.floors)
+        self.target = project_to_floors(cap_fill(project_to_floor(self.target + step, 0.0), self.caps),
+                                        self._target_floors())
         info["optimum"] = optimum.tolist()
 
     def _has_skill(self) -> bool:
@@ -508,7 +516,7 @@ class TransferSampler(MixtureSampler):
                 # the *other* domains asked for: seed 1 world 15 and seed 2 world 4 of the simulated benchmark.)
                 out = project_to_floors(out, np.where(held, self.prior_w, 0.0))
         out = (1 - self.shrink) * out + self.shrink * self.prior_w
-        return project_to_floors(out, self.floors)
+        return project_to_floors(out, self._target_floors())
 
     def _resolved(self, split: str) -> np.ndarray:
         """Domains whose fitted loss change over the fitted points (first to last consumption) is
@@ -534,7 +542,9 @@ class TransferSampler(MixtureSampler):
         less than its prior share of the samples consumed since its minimum, and whose newest
         smoothed loss is more than ``harm_guard`` x noise above that minimum, is flagged: the law in
         cumulative counts predicted no rise (forgetting: the loss depends on the recent mixture).
-        Its floor becomes ``harm_floor`` x prior for good; flags are logged and in diagnostics."""
+        The evidence must hold at each of the domain's last ``harm_confirm`` validation points (each
+        judged on the history up to it). Its floor becomes ``harm_floor`` x prior for good; flags
+        are logged and in diagnostics."""
         pts = [p for p in self.points if p["split"] == "val"]
         if len(pts) < HARM_MIN_POINTS:
             return
@@ -546,41 +556,64 @@ class TransferSampler(MixtureSampler):
             if dom in self.harmed:
                 continue
             idx = np.flatnonzero(np.isfinite(logL[:, j]))
-            if idx.size < HARM_MIN_POINTS:
+            # harm_confirm > 1: with ~10 points the noise estimate is itself noisy (simulated default
+            # worlds: 0.005-0.017 for a true 0.02), so one high point can look like a rise. Not the
+            # default: in real cpu_tiny runs ct's rises did not always hold at the next evaluation
+            # and were then caught late or never (benchmarks/RESULTS.md).
+            ends = [idx.size - c for c in range(self.harm_confirm)]
+            evidence = [self._harm_evidence(j, D, logL[:, j], idx[:n], pts) for n in ends]
+            if any(e is None for e in evidence):
                 continue
-            x = logL[idx, j]
-            smooth = np.empty_like(x)
-            smooth[0] = x[0]
-            for t in range(1, x.size):
-                smooth[t] = (1 - self.harm_smoothing) * smooth[t - 1] + self.harm_smoothing * x[t]
-            d2 = x[2:] - 2 * x[1:-1] + x[:-2]
-            noise = max(float(np.median(np.abs(d2)) / (0.6745 * np.sqrt(6.0))), HARM_MIN_NOISE)  # sigma of one point
-            best = int(np.argmin(smooth))
-            rise = float(smooth[-1] - smooth[best])
-            # A rise must be beyond the noise *and* material: in real runs a flat domain with tiny
-            # noise (cells: 0.1% per point) was flagged after a 0.5-1% rise and then held at its full
-            # prior share (56% of the data in the island world), which cost far more than the rise.
-            if rise <= max(self.harm_guard * noise, self.harm_min_rise):
-                continue
-            since = D[idx[-1]] - D[idx[best]]
-            share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan
-            recent = pts[idx[-1]].get("R")
-            # harm_recent: a catch-up burst right after the best point can lift the share since then
-            # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
-            # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
-            starved = self.harm_recent and recent is not None and recent[j] < self.prior_w[j]
-            if not (share < self.prior_w[j] or starved):
-                continue  # not cut: a rise with at least the prior share is not the sampler's doing
-            self.harmed[dom] = {"step": int(step), "rise": rise, "noise": noise, "share_since_best": share,
-                                "recent_share": None if recent is None else float(recent[j]),
-                                "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
+            self.harmed[dom] = {"step": int(step), **evidence[0], "confirmed_over": self.harm_confirm}
             flagged.append(dom)
         if flagged:
             log.warning("sampler transfer: validation loss of %s rose after a cut below the prior share; "
                         "floor restored to %.2f x prior (%s)", flagged, self.harm_floor,
                         {d: self.harmed[d] for d in flagged})
             self.floors = self._relax_floors()
-            self.target = project_to_floors(self.target, self.floors)
+            self.target = project_to_floors(self.target, self._target_floors())
+
+    def _harm_evidence(self, j: int, D: np.ndarray, logL: np.ndarray, idx: np.ndarray,
+                       pts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The reactive guard's evidence for domain j on its validation points ``idx`` (a rise
+        after a cut, see _check_harm), or None."""
+        if idx.size < HARM_MIN_POINTS:
+            return None
+        x = logL[idx]
+        smooth = np.empty_like(x)
+        smooth[0] = x[0]
+        for t in range(1, x.size):
+            smooth[t] = (1 - self.harm_smoothing) * smooth[t - 1] + self.harm_smoothing * x[t]
+        d2 = x[2:] - 2 * x[1:-1] + x[:-2]
+        noise = max(float(np.median(np.abs(d2)) / (0.6745 * np.sqrt(6.0))), HARM_MIN_NOISE)  # sigma of one point
+        best = int(np.argmin(smooth))
+        rise = float(smooth[-1] - smooth[best])
+        # A rise must be beyond the noise *and* material: in real runs a flat domain with tiny
+        # noise (cells: 0.1% per point) was flagged after a 0.5-1% rise and then held at its full
+        # prior share (56% of the data in the island world), which cost far more than the rise.
+        if rise <= max(self.harm_guard * noise, self.harm_min_rise):
+            return None
+        since = D[idx[-1]] - D[idx[best]]
+        share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan
+        recent = pts[idx[-1]].get("R")
+        # harm_recent: a catch-up burst right after the best point can lift the share since then
+        # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
+        # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
+        starved = self.harm_recent and recent is not None and recent[j] < self.prior_w[j]
+        if not (share < self.prior_w[j] or starved):
+            return None  # not cut: a rise with at least the prior share is not the sampler's doing
+        return {"rise": rise, "noise": noise, "share_since_best": share,
+                "recent_share": None if recent is None else float(recent[j]),
+                "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
+
+    def _target_floors(self) -> np.ndarray:
+        """Floors of the target (cumulative) allocation. With ``harm_catchup`` (default) a harmed
+        domain's floor holds for the target too, so its cumulative share is steered back up to
+        harm_floor x prior (a catch-up burst); without it only its weights are floored, so it gets
+        at least that share from now on and its earlier shortfall is not made up."""
+        if self.harm_catchup or not self.harmed:
+            return self.floors
+        return self.floor + (self.prior_floors - self.floor) * self.doubt
 
     def _relax_floors(self) -> np.ndarray:
         """floor + (prior floor - floor) x doubt. Why relax at all: min_prior_share x prior is a
@@ -679,6 +712,11 @@ class TransferSampler(MixtureSampler):
             steer = steer * np.exp(self.dither * z)
         return project_to_floors(steer, self.floors)
 
+    def _recency_shown(self) -> bool:
+        """The run has shown that final losses depend on the recent mixture: a harm flag, or a
+        forgetting beta > 0 (every real cpu_tiny run; no run in the simulated default worlds)."""
+        return bool(self.harmed) or bool((self.beta > 0).any())
+
     def _cooldown_prior_share(self) -> float:
         """How much of the prior the cooldown mixes in. Why end near the prior at all: where the final
         loss depends on the recent mixture (real cpu_tiny runs: a harm flag on every seed; simulated
@@ -688,7 +726,7 @@ class TransferSampler(MixtureSampler):
         more gap), so ``auto`` does it only once the run has shown them."""
         if self.cooldown_prior != "auto":
             return float(self.cooldown_prior)
-        return 1.0 if self.harmed or bool((self.beta > 0).any()) else 0.0
+        return 1.0 if self._recency_shown() else 0.0
 
     # ------------------------------------------------------------------ state / diagnostics
     def load_state_dict(self, state: Any) -> None:

@@ -57,6 +57,19 @@ def test_rise_after_a_cut_restores_the_floor_for_good() -> None:
     assert "ct" in s.harmed and s.weights()[0] >= 1.0 / 3.0 - 1e-9
 
 
+def test_without_catchup_only_the_weights_are_floored() -> None:
+    """harm_catchup false: the harmed domain gets at least its prior share from the flag on, but its
+    cumulative target keeps the law's value (no burst to make up the earlier shortfall)."""
+    s = build("transfer", DOMAINS, **BASE, harm_catchup=False)
+    feed(s, [EVEN, CUT], rise=0.01)
+    assert set(s.harmed) == {"ct"}
+    assert s.floors[0] == pytest.approx(1.0 / 3.0) and s.weights()[0] >= 1.0 / 3.0 - 1e-9
+    assert s._target_floors()[0] == pytest.approx(0.02)
+    with_catchup = build("transfer", DOMAINS, **BASE)
+    feed(with_catchup, [EVEN, CUT], rise=0.01)
+    assert with_catchup._target_floors()[0] == pytest.approx(1.0 / 3.0)
+
+
 def test_harm_floor_option_sets_the_restored_share() -> None:
     s = build("transfer", DOMAINS, **BASE, harm_floor=0.5)
     feed(s, [EVEN, CUT], rise=0.01)
@@ -113,6 +126,32 @@ def test_a_burst_then_starvation_is_a_cut() -> None:
     assert run(harm_recent=False).harmed == {}  # the share since the best point alone misses it
 
 
+def test_one_high_point_is_not_harm_until_confirmed() -> None:
+    """A single high validation point after a cut (noise, not forgetting) looks like a rise and
+    floors a domain at its prior share for good (simulated seed 1 w15: 1.1% of the objective). With
+    harm_confirm 2 the evidence must hold at two successive points; a rise that persists is still
+    flagged, one point later. (Not the default: real rises did not always persist, see docs.)"""
+    def run(spike: float, persist: bool, **opts: object) -> object:
+        s = build("transfer", DOMAINS, **{**BASE, **opts})
+        consumed = np.zeros(3)
+        for step in range(1, 41):
+            consumed = consumed + (EVEN if step <= 10 else CUT) * 500.0
+            loss = law(consumed) * np.exp(0.002 * np.random.default_rng(step).standard_normal(3))
+            if step == 25 or (persist and step > 25):
+                loss[0] *= 1.0 + spike
+            s.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "val")
+            if s.harmed:
+                break
+        return s
+
+    assert run(0.1, persist=False, harm_confirm=2).harmed == {}
+    once = run(0.1, persist=False)
+    assert set(once.harmed) == {"ct"} and once.harmed["ct"]["step"] == 25
+    persistent = run(0.1, persist=True, harm_confirm=2)
+    assert set(persistent.harmed) == {"ct"} and persistent.harmed["ct"]["step"] == 26
+    assert persistent.harmed["ct"]["confirmed_over"] == 2
+
+
 def test_state_round_trip_with_a_harmed_domain() -> None:
     s = build("transfer", DOMAINS, **BASE)
     feed(s, [EVEN, CUT], rise=0.01)
@@ -139,6 +178,8 @@ def test_state_round_trip_with_a_harmed_domain() -> None:
     ({"harm_floor": "prior"}, "harm_floor"),
     ({"harm_min_rise": -0.01}, "harm_min_rise"),
     ({"harm_recent": "yes"}, "harm_recent"),
+    ({"harm_confirm": 0}, "harm_confirm"),
+    ({"harm_catchup": 1}, "harm_catchup"),
 ])
 def test_bad_harm_options_are_named(opts: dict, match: str) -> None:
     with pytest.raises(SamplerError, match=match):
