@@ -203,6 +203,27 @@ def _normalise(per_run: dict[str, dict], runs: list[dict], domains: list[str]) -
     return out
 
 
+def vs_reference(mean_norm: list[float], level: float = 0.95) -> dict[str, Any] | None:
+    """Paired comparison with the reference over seeds: each seed's mean normalised loss is already
+    a ratio to the reference run of the same seed, so a t-interval of their mean around 1 is the
+    paired test. Why: at cpu_tiny scale one seed moves a sampler's ratio 0.5-1%, as much as the
+    mixture effects, and a mean of a few seeds alone read as a win that was noise. None with fewer
+    than 2 seeds, or with no spread (the reference itself)."""
+    from scipy import stats
+
+    x = np.asarray(mean_norm, dtype=np.float64) - 1.0
+    n = x.size
+    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
+    if n < 2 or sd == 0.0:
+        return None
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    mean = float(x.mean())
+    p = float(2.0 * stats.t.sf(abs(mean) / se, n - 1))
+    verdict = "lower" if mean + half < 0 else "higher" if mean - half > 0 else "not distinguishable"
+    return {"level": level, "ci": [1.0 + mean - half, 1.0 + mean + half], "p": p, "verdict": verdict}
+
+
 def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
     """Per-sampler aggregates (mean over the seeds that finished)."""
     done = [r for r in runs if r["name"] in per_run]
@@ -231,6 +252,7 @@ def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
             # between seeds, as much as the mixture effects, so a mean alone overstates what is known.
             "mean_normalised_sd": float(np.std(mean_norm, ddof=1)) if len(mean_norm) > 1 else None,
             "seeds_below_reference": int(sum(m < 1.0 for m in mean_norm)),
+            "vs_reference": vs_reference(mean_norm),
             "improvement_vs_proportional_pct": {d: 100.0 * (1.0 - nrm[d]) for d in domains},
             "mean_improvement_vs_proportional_pct": 100.0 * (1.0 - float(np.mean(mean_norm))),
             "consumed": consumed,
@@ -248,7 +270,8 @@ def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table (also what the CLI prints)."""
     doms = result["domains"]
-    head = ["sampler", *[f"val {d}" for d in doms], "mean norm.", "sd (seeds)", "below ref", *[f"Δ% {d}" for d in doms],
+    head = ["sampler", *[f"val {d}" for d in doms], "mean norm.", "sd (seeds)", "below ref", "95% CI (p)",
+            *[f"Δ% {d}" for d in doms],
             "Δ% mean", "consumed " + "/".join(doms)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
@@ -259,20 +282,30 @@ def format_table(result: dict[str, Any]) -> str:
         sd = row.get("mean_normalised_sd")
         cells = [name, *[f"{row['final_val'][d]:.4f}" for d in doms], f"{row['mean_normalised']:.4f}",
                  ("-" if sd is None else f"{sd:.4f}") + f" ({row['seeds']})",
-                 f"{row.get('seeds_below_reference', 0)}/{row['seeds']}",
+                 f"{row.get('seeds_below_reference', 0)}/{row['seeds']}", _ci_cell(row.get("vs_reference")),
                  *[f"{row['improvement_vs_proportional_pct'][d]:+.2f}" for d in doms],
                  f"{row['mean_improvement_vs_proportional_pct']:+.2f}",
                  "/".join(f"{row['consumed_fraction'][d]:.2f}" for d in doms)]
         lines.append("| " + " | ".join(cells) + " |")
+        vs = row.get("vs_reference")
+        if vs is not None:
+            what = "not distinguishable from" if vs["verdict"] == "not distinguishable" else f"{vs['verdict']} than"
+            notes.append(f"{name}: mean normalised loss {what} {result['reference']} at {vs['level']:.0%} "
+                         f"over {row['seeds']} seeds (p = {vs['p']:.2g})")
         if row.get("hubs") is not None or row.get("islands") is not None:
             notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
     ref = result["reference"]
     k = int(result.get("final_evals", 1))
     val = "val = last validation loss" if k == 1 else f"val = mean of the last {k} validation losses"
     lines.append(f"\n{val}; normalised by {ref} (same seed); sd (seeds) = standard deviation of the mean normalised "
-                 f"loss over seeds (number of seeds); below ref = seeds on which it was below {ref}; "
+                 f"loss over seeds (number of seeds); below ref = seeds on which it was below {ref}; 95% CI (p) = "
+                 f"t-interval of the mean normalised loss over seeds, paired by seed, and its p against 1 (2+ seeds); "
                  f"Δ% = improvement over {ref} (positive = lower loss); consumed = realised fraction of samples per domain")
     return "\n".join(lines + notes)
+
+
+def _ci_cell(vs: dict[str, Any] | None) -> str:
+    return "-" if vs is None else f"[{vs['ci'][0]:.4f}, {vs['ci'][1]:.4f}] ({vs['p']:.2g})"
 
 
 def _plot_losses(plt: Any, result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], path: Path) -> None:

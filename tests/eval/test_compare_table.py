@@ -29,8 +29,25 @@ def test_spread_and_seed_wins() -> None:
     assert row["mean_normalised_sd"] == pytest.approx(0.015)
     assert row["seeds_below_reference"] == 2
     assert result["samplers"]["proportional"]["seeds_below_reference"] == 0
+    assert result["samplers"]["proportional"]["vs_reference"] is None  # the reference itself: no spread
+    vs = row["vs_reference"]
+    # mean -0.005, sd 0.015, n 3: t = -0.577, two-sided p = 0.62; half-width t(0.975, 2) x se = 4.303 x 0.00866
+    assert vs["p"] == pytest.approx(0.622, abs=1e-3)
+    assert vs["ci"] == pytest.approx([0.995 - 0.03726, 0.995 + 0.03726], abs=1e-4)
+    assert vs["verdict"] == "not distinguishable"
     table = format_table(result)
     assert "| transfer |" in table and "0.0150 (3)" in table and "2/3" in table
+    assert "[0.9577, 1.0323] (0.62)" in table
+    assert "transfer: mean normalised loss not distinguishable from proportional at 95% over 3 seeds (p = 0.62)" in table
+
+
+def test_a_consistent_gain_is_called_lower() -> None:
+    runs = [{"name": f"{s}-seed{k}", "sampler": s, "seed": k} for s in ("proportional", "temperature") for k in range(4)]
+    per_run = {f"proportional-seed{k}": summary(1.0, 0.5) for k in range(4)}
+    per_run |= {f"temperature-seed{k}": summary(0.97 + 0.002 * k, 0.49) for k in range(4)}
+    vs = build_table(runs, per_run)["samplers"]["temperature"]["vs_reference"]
+    assert vs["verdict"] == "lower" and vs["ci"][1] < 1.0 and vs["p"] < 0.01
+    assert "temperature: mean normalised loss lower than proportional" in format_table(build_table(runs, per_run))
 
 
 def test_one_seed_has_no_spread() -> None:
@@ -38,4 +55,5 @@ def test_one_seed_has_no_spread() -> None:
             {"name": "uniform-seed0", "sampler": "uniform", "seed": 0}]
     result = build_table(runs, {"proportional-seed0": summary(1.0, 0.5), "uniform-seed0": summary(1.02, 0.49)})
     assert result["samplers"]["uniform"]["mean_normalised_sd"] is None
+    assert result["samplers"]["uniform"]["vs_reference"] is None
     assert "- (1)" in format_table(result)
