@@ -213,8 +213,7 @@ def vs_reference(mean_norm: list[float], level: float = 0.95) -> dict[str, Any] 
 
     x = np.asarray(mean_norm, dtype=np.float64) - 1.0
     n = x.size
-    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
-    if n < 2 or sd == 0.0:
+    if n < 2 or (sd := float(np.std(x, ddof=1))) == 0.0:
         return None
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
@@ -375,7 +374,7 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
     seeds = int(seeds or bench.get("seeds", 1))
     final_evals = int(bench.get("final_evals", 1))  # validated by split_bench_config
-    jobs = int(jobs or bench.get("jobs", 1))
+    jobs = int(bench.get("jobs", 1) if jobs is None else jobs)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     samplers = list(dict.fromkeys(samplers))

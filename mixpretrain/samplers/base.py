@@ -232,6 +232,12 @@ class MixtureSampler:
             raise SamplerError(f"sampler '{self.name}' option '{key}': expected an integer >= {lo}, got {value!r}")
         return value
 
+    def _opt_bool(self, key: str) -> bool:
+        value = self.options[key]
+        if not isinstance(value, bool):
+            raise SamplerError(f"sampler '{self.name}' option '{key}': expected true/false, got {value!r}")
+        return value
+
     def _rng(self, tag: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, self.n_obs, tag])
 

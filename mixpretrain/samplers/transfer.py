@@ -212,12 +212,8 @@ class TransferSampler(MixtureSampler):
         self.horizon = self._opt_float("horizon", 1e-6, 10.0)
         self.compare_last = self._opt_int("compare_last", 1)
         self.select_tol = self._opt_float("select_tol", 0.0)
-        if not isinstance(o["rotate_challengers"], bool):
-            raise SamplerError(f"sampler 'transfer' option 'rotate_challengers': expected true/false, got {o['rotate_challengers']!r}")
-        self.rotate_challengers = o["rotate_challengers"]
-        if not isinstance(o["ensemble"], bool):
-            raise SamplerError(f"sampler 'transfer' option 'ensemble': expected true/false, got {o['ensemble']!r}")
-        self.ensemble = o["ensemble"]
+        self.rotate_challengers = self._opt_bool("rotate_challengers")
+        self.ensemble = self._opt_bool("ensemble")
         self.max_points = self._opt_int("max_points", self.min_points)
         self.importance = per_domain(o["importance"], self.domains, "sampler 'transfer' option 'importance'", allow_none=True)
         max_epochs = None if o["max_epochs"] is None else self._opt_float("max_epochs", 1e-9)
@@ -235,12 +231,8 @@ class TransferSampler(MixtureSampler):
         self.harm_floor = self._opt_float("harm_floor", 0.0, 1.0)
         self.harm_min_rise = self._opt_float("harm_min_rise", 0.0)
         self.harm_confirm = self._opt_int("harm_confirm", 1)
-        if not isinstance(o["harm_catchup"], bool):
-            raise SamplerError(f"sampler 'transfer' option 'harm_catchup': expected true/false, got {o['harm_catchup']!r}")
-        self.harm_catchup = o["harm_catchup"]
-        if not isinstance(o["harm_recent"], bool):
-            raise SamplerError(f"sampler 'transfer' option 'harm_recent': expected true/false, got {o['harm_recent']!r}")
-        self.harm_recent = o["harm_recent"]
+        self.harm_catchup = self._opt_bool("harm_catchup")
+        self.harm_recent = self._opt_bool("harm_recent")
         if o["forgetting"] not in ("fit", "off"):
             raise SamplerError(f"sampler 'transfer' option 'forgetting': expected fit or off, got {o['forgetting']!r}")
         self.forgetting = o["forgetting"]
@@ -616,7 +608,11 @@ class TransferSampler(MixtureSampler):
         at least that share from now on and its earlier shortfall is not made up."""
         if self.harm_catchup or not self.harmed:
             return self.floors
-        return self.floor + (self.prior_floors - self.floor) * self.doubt
+        return self._evidence_floors()
+
+    def _evidence_floors(self) -> np.ndarray:
+        """floor + (prior floor - floor) x doubt: the floors before any harm flag (see _relax_floors)."""
+        return self.floor + (self.prior_floors - self.floor) * self.doubt  # prior_floors >= floor, doubt in [0, 1]
 
     def _relax_floors(self) -> np.ndarray:
         """floor + (prior floor - floor) x doubt. Why relax at all: min_prior_share x prior is a
@@ -629,7 +625,7 @@ class TransferSampler(MixtureSampler):
         1 - (1 - floor_relax)^n (r = 0.5: half, 3/4, 7/8, ...), and one refit with the law on a
         bound again restores the full floor, so a domain whose fit keeps touching the bounds —
         nearly every domain at nearly every refit in the real cpu_tiny runs — keeps it."""
-        floors = self.floor + (self.prior_floors - self.floor) * self.doubt  # prior_floors >= floor, doubt in [0, 1]
+        floors = self._evidence_floors()
         # Harmed domains (reactive guard) keep harm_floor x prior, whatever the evidence for their law.
         # Sum of floors <= 1: every floor is <= max(floor, prior) and the prior is projected to the floor.
         harmed = np.array([d in self.harmed for d in self.domains])
