@@ -16,11 +16,14 @@ the given options (e.g. guard settings), side by side with the same baselines.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
+        [--transfer-variants '{"band": {"steer_band": 1.25}}']
 
 ``--pretrain``: every sampler trains the same data, model, budget and seeds through the real
 trainer (``launch/pretrain.py``); the table gives final validation loss per domain, mean
 normalised loss (1 = ``proportional``), improvement per domain, realised consumption and the hubs
-and islands ``transfer`` found, with loss-curve and weight plots. The logic lives in
+and islands ``transfer`` found, with loss-curve and weight plots. ``--transfer-variants`` adds
+rows (runs ``<name>-seedN``) normalised by the same proportional runs; finished runs in the output
+folder are reused, so a variant can be added to an earlier comparison. The logic lives in
 ``mixpretrain.eval.compare``.
 """
 
@@ -33,18 +36,25 @@ import platform
 import sys
 
 
+def parse_variants(text: str | None) -> dict[str, dict] | None:
+    """--transfer-variants: JSON {row name: transfer options}."""
+    if not text:
+        return None
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"compare_samplers.py: error: --transfer-variants is not JSON: {exc}") from exc
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise SystemExit("compare_samplers.py: error: --transfer-variants must map names to option mappings")
+    return variants
+
+
 def run_simulated(args: argparse.Namespace) -> int:
     from mixpretrain.samplers import simulate
 
     samplers = tuple(s for s in args.samplers.split(",") if s)
-    variants = None
-    if args.transfer_variants:
-        try:
-            variants = json.loads(args.transfer_variants)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"compare_samplers.py: error: --transfer-variants is not JSON: {exc}") from exc
-        if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-            raise SystemExit("compare_samplers.py: error: --transfer-variants must map names to option mappings")
+    variants = parse_variants(args.transfer_variants)
+    if variants:
         samplers += tuple(v for v in variants if v not in samplers)
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
                                     variants=variants)
@@ -78,8 +88,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise SystemExit("compare_samplers.py --pretrain: error: --config configs/bench/<name>.yaml is required")
     logging.getLogger("mixpretrain").setLevel(logging.INFO)  # progress of the runs (minutes each)
     try:
+        variants = parse_variants(args.transfer_variants)
         return cmd_compare(args.config, samplers=args.samplers, seeds=args.seeds, out=args.out, as_json=args.json,
-                           jobs=args.jobs)
+                           jobs=args.jobs, transfer_variants=variants)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise SystemExit(f"compare_samplers.py --pretrain: error: {exc}") from exc
 
@@ -100,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", action="store_true", help="also time transfer refits with 3 and 10 domains")
     parser.add_argument("--forgetting", action="store_true",
                         help="--simulated: the same worlds plus forgetting (loss rises with a low recent share)")
-    parser.add_argument("--transfer-variants", help="--simulated: JSON {row name: transfer options} of extra transfer rows")
+    parser.add_argument("--transfer-variants",
+                        help="JSON {row name: transfer options}: extra transfer rows (--simulated and --pretrain)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

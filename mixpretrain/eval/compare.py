@@ -10,6 +10,7 @@ this module removes before the trainer sees it::
       sampler_options: {transfer: {explore_fraction: 0.2}}              # per sampler, merged into sampler.options
       final_evals: 5                # "final" validation loss = mean of the last 5 evaluations (default 1)
       jobs: 1                       # runs trained at the same time (a GPU machine's trainer is host-bound)
+      variants: {transfer_band: {sampler: transfer, options: {steer_band: 1.25}}}  # extra rows: a sampler with other options
 
 For every (sampler, seed) one run config is written to ``OUT/configs/`` -- only ``output_dir``,
 ``sampler.name``, ``sampler.options`` and ``train.seed`` differ -- and trained through
@@ -30,6 +31,7 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,8 @@ from .runner import read_metrics, run_one
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDED = ("fixed",)  # needs explicit weights; not a policy to compare
-BENCH_KEYS = ("samplers", "seeds", "phantom", "sampler_options", "final_evals", "jobs")
+BENCH_KEYS = ("samplers", "seeds", "phantom", "sampler_options", "final_evals", "jobs", "variants")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # a row name is also a folder name
 
 
 def split_bench_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -97,25 +100,61 @@ def ensure_phantom_shards(shards: str, phantom: dict[str, Any] | None) -> None:
         write_phantom_shards(shards, doms, cases=n, size=phantom.get("size", 32), seed=int(phantom.get("seed", 0)))
 
 
+def collect_variants(bench: dict[str, Any], transfer_variants: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Extra table rows, {row name: {"sampler": registry name, "options": {...}}}: the bench
+    section's ``variants`` plus ``transfer_variants`` ({row name: transfer options}, the CLI's
+    ``--transfer-variants``). Why rows and not separate comparisons: a variant is then normalised
+    by the same proportional runs, and the finished runs of a comparison folder are reused."""
+    from mixpretrain.samplers import available_samplers
+    from mixpretrain.samplers.base import COMMON_OPTIONS
+    from mixpretrain.samplers.registry import get_factory
+
+    raw = dict(bench.get("variants") or {})
+    raw.update({name: {"sampler": "transfer", "options": opts} for name, opts in (transfer_variants or {}).items()})
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not VARIANT_NAME.match(name) or name in available_samplers():
+            raise ValueError(f"variant name {name!r}: use letters, digits, '_', '-' or '.', not a sampler's registry name")
+        if not isinstance(spec, dict) or set(spec) - {"sampler", "options"}:
+            raise ValueError(f"variant {name!r}: expected {{sampler: NAME, options: {{...}}}}, got {spec!r}")
+        sampler, options = spec.get("sampler"), spec.get("options") or {}
+        if sampler not in available_samplers():
+            raise ValueError(f"variant {name!r}: unknown sampler {sampler!r}; available: {', '.join(available_samplers())}")
+        if not isinstance(options, dict):
+            raise ValueError(f"variant {name!r}: options must be a mapping, got {options!r}")
+        # Names now, values when the run builds its sampler: a typo should not wait for the other runs.
+        known = getattr(get_factory(sampler), "OPTIONS", None)
+        unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(known or {}))
+        if known is not None and unknown:
+            raise ValueError(f"variant {name!r}: unknown {sampler} option(s) {unknown}; valid: "
+                             f"{', '.join(sorted({*COMMON_OPTIONS, *known}))}")
+        out[name] = {"sampler": sampler, "options": options}
+    return out
+
+
 def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str], seeds: int,
-              out_dir: Path) -> list[dict[str, Any]]:
-    """One entry per (sampler, seed): name, config path, output dir; writes the configs."""
+              out_dir: Path, variants: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One entry per (row, seed): name, config path, output dir; writes the configs. A row is a
+    sampler's registry name or a variant's name (``collect_variants``)."""
     import yaml
 
     from mixpretrain.config import config_from_dict
 
     per_sampler = bench.get("sampler_options") or {}
+    variants = variants or {}
     base_seed = int(run_cfg["train"]["seed"])
     runs = []
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    for sampler in samplers:
+    for row in samplers:
+        sampler = variants[row]["sampler"] if row in variants else row
+        extra = variants[row]["options"] if row in variants else {}
         for i in range(seeds):
             seed = base_seed + i
-            name = f"{sampler}-seed{seed}"
+            name = f"{row}-seed{seed}"
             raw = copy.deepcopy(run_cfg)
             raw["output_dir"] = str(out_dir / "runs" / name)
             raw["sampler"]["name"] = sampler
-            raw["sampler"]["options"] = {**raw["sampler"].get("options", {}), **per_sampler.get(sampler, {})}
+            raw["sampler"]["options"] = {**raw["sampler"].get("options", {}), **per_sampler.get(sampler, {}), **extra}
             if sampler == "doremi" and "reference" not in raw["sampler"]["options"]:
                 # DoReMi's reference model: the uniform mixture at the same budget and seed.
                 raw["sampler"]["options"]["reference"] = str(out_dir / "runs" / f"uniform-seed{seed}")
@@ -125,7 +164,7 @@ def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str
             path = out_dir / "configs" / f"{name}.yaml"
             path.write_text(yaml.safe_dump(raw, sort_keys=False))
             reference = raw["sampler"]["options"].get("reference") if sampler == "doremi" else None
-            runs.append({"name": name, "sampler": sampler, "seed": seed, "config": path,
+            runs.append({"name": name, "sampler": row, "registry": sampler, "seed": seed, "config": path,
                          "run_dir": Path(raw["output_dir"]), "max_steps": int(raw["train"]["max_steps"]),
                          "needs": Path(reference).name if reference else None})
     return runs
@@ -358,9 +397,11 @@ def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out
 
 def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] | None = None, seeds: int | None = None,
                    launcher: str = "python", nproc: int = 1, timeout: float | None = None,
-                   overrides: list[str] | None = None, jobs: int | None = None) -> dict[str, Any]:
+                   overrides: list[str] | None = None, jobs: int | None = None,
+                   transfer_variants: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every (sampler, seed) through the real trainer, then tabulate and plot; returns the result.
-    ``jobs`` (default: the config's ``bench.jobs``, else 1) runs train at the same time."""
+    ``jobs`` (default: the config's ``bench.jobs``, else 1) runs train at the same time; variants
+    (``collect_variants``) are rows after the samplers."""
     from mixpretrain.config import config_from_dict, config_to_dict
 
     run_cfg, bench = split_bench_config(config)
@@ -369,9 +410,12 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     samplers = samplers or bench.get("samplers") or default_samplers()
     from mixpretrain.samplers import available_samplers
 
-    unknown = [s for s in samplers if s not in available_samplers()]
+    variants = collect_variants(bench, transfer_variants)
+    unknown = [s for s in samplers if s not in available_samplers() and s not in variants]
     if unknown:
-        raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}")
+        raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}"
+                         + (f"; variants: {', '.join(variants)}" if variants else ""))
+    samplers = [*samplers, *(v for v in variants if v not in samplers)]
     seeds = int(seeds or bench.get("seeds", 1))
     final_evals = int(bench.get("final_evals", 1))  # validated by split_bench_config
     jobs = int(bench.get("jobs", 1) if jobs is None else jobs)
@@ -379,20 +423,22 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     samplers = list(dict.fromkeys(samplers))
     doremi_opts = (bench.get("sampler_options") or {}).get("doremi", {})
-    if "doremi" in samplers and "reference" not in doremi_opts:
+    needs_reference = [r for r in samplers if (variants[r]["sampler"] if r in variants else r) == "doremi"
+                       and "reference" not in {**doremi_opts, **(variants[r]["options"] if r in variants else {})}]
+    if needs_reference:
         if "uniform" not in samplers:
             log.info("doremi needs a reference run: adding 'uniform' (DoReMi's reference mixture)")
         samplers = ["uniform"] + [s for s in samplers if s != "uniform"]  # the reference trains first
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ensure_phantom_shards(run_cfg["data"]["shards"], bench.get("phantom"))
-    runs = plan_runs(run_cfg, bench, samplers, seeds, out)
+    runs = plan_runs(run_cfg, bench, samplers, seeds, out, variants)
     t0 = time.perf_counter()
     status = train_runs(runs, out, jobs, launcher, nproc, timeout)
     per_run = {r["name"]: summarise_run(r["run_dir"], final_evals) for r in runs if status[r["name"]]["status"] != "failed"}
     result = build_table(runs, per_run)
     result.update({
-        "config": str(config), "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "jobs": jobs, "runs": status,
+        "config": str(config), "variants": variants, "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "jobs": jobs, "runs": status,
         "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     })
@@ -410,12 +456,12 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
 
 def cmd_compare(config: str, samplers: str | None = None, seeds: int | None = None, out: str | None = None,
                 launcher: str = "python", nproc: int = 1, as_json: bool = False, overrides: list[str] | None = None,
-                jobs: int | None = None) -> int:
+                jobs: int | None = None, transfer_variants: dict[str, Any] | None = None) -> int:
     """Run the comparison and print the table (or the JSON result as the last line)."""
     out_dir = Path(out) if out else Path("outputs/bench") / Path(config).stem / "compare"
     names = [s.strip() for s in samplers.split(",") if s.strip()] if samplers else None
     result = run_comparison(config, out_dir, samplers=names, seeds=seeds, launcher=launcher, nproc=nproc,
-                            overrides=overrides, jobs=jobs)
+                            overrides=overrides, jobs=jobs, transfer_variants=transfer_variants)
     print(format_table(result))
     print(f"\nruns: {out_dir}/runs, logs: {out_dir}/logs, plots: {', '.join(result['plots'])}; wall {result['wall_s']} s")
     if as_json:

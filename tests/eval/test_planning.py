@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mixpretrain.config import config_to_dict, load_config
-from mixpretrain.eval.compare import plan_runs, split_bench_config, summarise_run
+from mixpretrain.eval.compare import collect_variants, plan_runs, split_bench_config, summarise_run
 from mixpretrain.eval.runner import check_same_config, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,36 @@ def test_plan_runs_differ_only_in_sampler_seed_and_output(tmp_path: Path) -> Non
         assert cfg["train"]["max_steps"] == base["train"]["max_steps"]
     assert cfgs["doremi-seed1"]["sampler"]["options"]["reference"] == str(tmp_path / "runs" / "uniform-seed1")
     assert cfgs["transfer-seed1"]["train"]["seed"] == 1
+
+
+def test_variant_rows_train_their_sampler_with_merged_options(tmp_path: Path) -> None:
+    run, bench = split_bench_config(REPO / "configs" / "bench" / "cpu_tiny.yaml")
+    bench = {**bench, "sampler_options": {"transfer": {"dither": 0.1}},
+             "variants": {"t-tau1": {"sampler": "temperature", "options": {"tau": 1.0}}}}
+    variants = collect_variants(bench, {"band": {"steer_band": 1.25}})
+    assert variants == {"t-tau1": {"sampler": "temperature", "options": {"tau": 1.0}},
+                        "band": {"sampler": "transfer", "options": {"steer_band": 1.25}}}
+    runs = plan_runs(run, bench, ["transfer", "band", "t-tau1"], 1, tmp_path, variants)
+    by_name = {r["name"]: r for r in runs}
+    assert by_name["band-seed0"]["sampler"] == "band" and by_name["band-seed0"]["registry"] == "transfer"
+    band = yaml.safe_load(by_name["band-seed0"]["config"].read_text())["sampler"]
+    assert band["name"] == "transfer" and band["options"]["steer_band"] == 1.25 and band["options"]["dither"] == 0.1
+    plain = yaml.safe_load(by_name["transfer-seed0"]["config"].read_text())["sampler"]
+    assert "steer_band" not in plain["options"]  # a variant's options stay in its own row
+    assert yaml.safe_load(by_name["t-tau1-seed0"]["config"].read_text())["sampler"]["name"] == "temperature"
+
+
+@pytest.mark.parametrize(("variants", "message"), [
+    ({"transfer": {"sampler": "transfer"}}, "not a sampler's registry name"),
+    ({"a b": {"sampler": "transfer"}}, "use letters, digits"),
+    ({"x": {"sampler": "nope"}}, "unknown sampler 'nope'"),
+    ({"x": {"sampler": "transfer", "options": {"steer_bnd": 2}}}, r"unknown transfer option\(s\) \['steer_bnd'\]"),
+    ({"x": {"sampler": "transfer", "opts": {}}}, "expected {sampler: NAME, options"),
+    ({"x": {"sampler": "transfer", "options": [1]}}, "options must be a mapping"),
+])
+def test_bad_variants_are_refused_before_any_run(variants: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        collect_variants({"variants": variants})
 
 
 def test_island_world_makes_the_island_the_largest_source() -> None:

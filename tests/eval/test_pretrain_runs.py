@@ -57,6 +57,29 @@ def test_two_sampler_comparison_produces_the_table(tmp_path: Path) -> None:
         assert (tmp_path / "cmp" / name).is_file()
 
 
+def test_a_variant_is_a_row_normalised_by_the_same_reference_and_finished_runs_are_reused(tmp_path: Path) -> None:
+    from mixpretrain.eval.compare import run_comparison
+
+    cfg = _config(tmp_path / "bench.yaml", tmp_path / "shards",
+                  bench={"samplers": ["proportional"], "phantom": {"size": 16, "cases": {"ct": 6, "mri": 3}},
+                         "variants": {"temperature-tau1": {"sampler": "temperature", "options": {"tau": 1.0}}}})
+    first = run_comparison(cfg, tmp_path / "cmp")
+    assert list(first["samplers"]) == ["proportional", "temperature-tau1"]
+    assert first["runs"]["temperature-tau1-seed0"]["status"] == "ok"
+    saved = yaml.safe_load((tmp_path / "cmp/configs/temperature-tau1-seed0.yaml").read_text())
+    assert saved["sampler"]["name"] == "temperature" and saved["sampler"]["options"]["tau"] == 1.0
+    # tau 1 is proportional sampling: the variant row consumes what proportional consumed
+    row, prop = first["samplers"]["temperature-tau1"], first["samplers"]["proportional"]
+    assert row["consumed_fraction"]["ct"] == pytest.approx(prop["consumed_fraction"]["ct"], abs=0.15)
+    assert all(math.isfinite(v) for v in row["normalised"].values())
+    # A second call with one more transfer row trains only that row.
+    second = run_comparison(cfg, tmp_path / "cmp", transfer_variants={"band": {"steer_band": 1.5}})
+    assert second["runs"]["proportional-seed0"]["status"] == "done-before"
+    assert second["runs"]["temperature-tau1-seed0"]["status"] == "done-before"
+    assert second["runs"]["band-seed0"]["status"] == "ok"
+    assert second["variants"]["band"] == {"sampler": "transfer", "options": {"steer_band": 1.5}}
+
+
 def test_parallel_comparison_trains_doremi_after_its_reference(tmp_path: Path) -> None:
     from mixpretrain.eval.compare import run_comparison
 
