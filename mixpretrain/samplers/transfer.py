@@ -812,7 +812,8 @@ def clip_to_band(w: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     the catch-up paid the excess back, and its validation loss rose 25% meanwhile (gpu_small seed 2)."""
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     w = np.maximum(w, 1e-12)
-    a, b = float(np.log(np.min(lo / w))), float(np.log(np.max(hi / w)))  # every entry at lo / at hi
+    # log c from "every entry at lo" to "every entry at hi" (a target of 0 has lo = hi = 0)
+    a, b = float(np.log(np.maximum(lo / w, 1e-300)).min()), float(np.log(np.maximum(hi / w, 1e-300)).max())
     for _ in range(60):  # bisection on log c: sum(clip(c x w)) grows with c
         mid = 0.5 * (a + b)
         if np.clip(np.exp(mid) * w, lo, hi).sum() < 1.0:

@@ -29,6 +29,13 @@ def test_clip_to_band_leaves_weights_inside_the_band_alone() -> None:
     np.testing.assert_allclose(clip_to_band(w, target / 2, target * 2), w)
 
 
+def test_clip_to_band_with_a_zero_target() -> None:
+    target = np.array([0.0, 0.5, 0.5])  # floor 0 allows it: that domain's band is [0, 0]
+    w = clip_to_band(np.array([0.3, 0.6, 0.1]), target / 2, target * 2)
+    assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0) and w[0] == 0.0
+    assert np.all(w[1:] >= 0.25 - 1e-9)
+
+
 def run_steering(**options) -> list[tuple[np.ndarray, np.ndarray]]:
     """Feed a sampler a world whose laws make it cut pet hard; (weights, target) at each steering step."""
     s = build("transfer", DOMAINS, seed=0, total_budget=40_000.0, family="power", dither=0.0, **options)
