@@ -332,6 +332,10 @@ def format_table(result: dict[str, Any]) -> str:
                          f"over {row['seeds']} seeds (p = {vs['p']:.2g})")
         if row.get("hubs") is not None or row.get("islands") is not None:
             notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
+    other = sorted(name for name, st in (result.get("runs") or {}).items() if st.get("other_code"))
+    if other:
+        notes.append(f"reused {len(other)} finished run(s) trained by other mixpretrain code: {', '.join(other)} "
+                     "(remove them to retrain under this code)")
     ref = result["reference"]
     k = int(result.get("final_evals", 1))
     val = "val = last validation loss" if k == 1 else f"val = mean of the last {k} validation losses"

@@ -81,6 +81,22 @@ def is_finished(run_dir: Path, max_steps: int) -> bool:
     return bool(recs) and int(recs[-1].get("step", -1)) >= max_steps and (run_dir / "encoder.pt").is_file()
 
 
+def trained_by_other_code(run_dir: Path) -> str | None:
+    """Why a finished run's code differs from this one (None when it is the same): the config
+    check cannot see a change of, say, a sampler's defaults."""
+    from mixpretrain.provenance import code_fingerprint
+
+    try:
+        code = json.loads((run_dir / "run.json").read_text()).get("code") or {}
+    except (OSError, ValueError):
+        return "run.json unreadable"
+    if not code:
+        return "no code fingerprint in run.json (trained before fingerprints were recorded)"
+    if code.get("fingerprint") != code_fingerprint():
+        return f"fingerprint {code.get('fingerprint')}, now {code_fingerprint()}"
+    return None
+
+
 def check_same_config(config: Path, run_dir: Path) -> None:
     """Refuse to reuse a run directory trained under another config (its results would be stale)."""
     from mixpretrain.config import config_diff, config_to_dict, load_config
@@ -103,8 +119,13 @@ def run_one(config: Path, run_dir: Path, max_steps: int, log_path: Path, launche
     """Run (or skip, when finished) one pretraining job; returns {status, seconds, returncode}."""
     check_same_config(config, run_dir)
     if is_finished(run_dir, max_steps):
-        log.info("%s: finished already, not re-run", run_dir)
-        return {"status": "done-before", "seconds": 0.0, "returncode": 0}
+        other = trained_by_other_code(run_dir)
+        if other:
+            log.warning("%s: finished already, not re-run, but trained by other code (%s); remove it to retrain",
+                        run_dir, other)
+        else:
+            log.info("%s: finished already, not re-run", run_dir)
+        return {"status": "done-before", "seconds": 0.0, "returncode": 0, **({"other_code": other} if other else {})}
     cmd = launch_command(config, launcher, nproc)
     log.info("running %s (log: %s)", " ".join(cmd), log_path)
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ import torch
 
 from mixpretrain.config import ConfigError, RunConfig, config_to_dict
 from mixpretrain.data.mixture import MixtureStream, build_loader, derive_seed
+from mixpretrain.provenance import code_record
 from mixpretrain.train import checkpoint as ckpt
 from mixpretrain.train.engine import build_model, deepspeed_config
 
@@ -117,7 +118,8 @@ def _write_run_file(cfg: RunConfig, plan: Plan, world: int) -> None:
     path = Path(cfg.output_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"run_id": plan.run_id, "config": config_to_dict(cfg), "world_size": world,
-              "domains": list(plan.domains), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "domains": list(plan.domains), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "code": code_record()}  # at the latest (re)start
     ckpt.atomic_write(path, json.dumps(record, indent=1))
 
 

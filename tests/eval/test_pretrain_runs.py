@@ -78,6 +78,27 @@ def test_a_variant_is_a_row_normalised_by_the_same_reference_and_finished_runs_a
     assert second["runs"]["temperature-tau1-seed0"]["status"] == "done-before"
     assert second["runs"]["band-seed0"]["status"] == "ok"
     assert second["variants"]["band"] == {"sampler": "transfer", "options": {"steer_band": 1.5}}
+    assert "other_code" not in second["runs"]["proportional-seed0"]
+
+
+def test_a_reused_run_of_other_code_is_named_in_the_table(tmp_path: Path) -> None:
+    """Reuse is checked against the config; a change of code (a sampler's defaults) is only visible
+    through the code fingerprint in run.json."""
+    from mixpretrain.eval.compare import format_table, run_comparison
+    from mixpretrain.provenance import code_fingerprint
+
+    cfg = _config(tmp_path / "bench.yaml", tmp_path / "shards",
+                  bench={"samplers": ["proportional"], "phantom": {"size": 16, "cases": {"ct": 4, "mri": 2}}})
+    run_comparison(cfg, tmp_path / "cmp")
+    run_json = tmp_path / "cmp/runs/proportional-seed0/run.json"
+    record = json.loads(run_json.read_text())
+    assert record["code"]["fingerprint"] == code_fingerprint()
+    record["code"]["fingerprint"] = "0123456789abcdef"  # as if trained before a code change
+    run_json.write_text(json.dumps(record))
+    again = run_comparison(cfg, tmp_path / "cmp")
+    status = again["runs"]["proportional-seed0"]
+    assert status["status"] == "done-before" and "0123456789abcdef" in status["other_code"]
+    assert "reused 1 finished run(s) trained by other mixpretrain code: proportional-seed0" in format_table(again)
 
 
 def test_parallel_comparison_trains_doremi_after_its_reference(tmp_path: Path) -> None:
