@@ -46,8 +46,9 @@ that evidence accumulates, and returns as soon as the law is on a bound again).
 
 Reactive guard (``harm_guard``): instead of guessing from the fit which domain might suffer, it
 watches for the harm itself. A domain that got less than its prior share of the samples since its
-best smoothed validation loss (or, with ``harm_recent``, whose recent share is below its prior),
-and whose smoothed loss has since risen by more than ``harm_guard`` x its noise, is flagged
+best smoothed validation loss (or, with ``harm_recent``, whose recent share is below its prior;
+with ``harm_cut: own``, the default, "below its prior" reads "below the larger of its prior and
+its own cumulative share at that best point"), and whose smoothed loss has since risen by more than ``harm_guard`` x its noise, is flagged
 "harmed" (state ``harmed``, ``diagnostics()["harmed"]``, ``last_refit["harmed"]``, a warning in
 the log) and floored at ``harm_floor`` x its prior weight
 for the rest of the run. A law in cumulative counts predicts no rise at all, so without forgetting
@@ -123,7 +124,7 @@ class TransferSampler(MixtureSampler):
         "floor_relax": 0.5,  # per successive refit with a domain's law identified, lift this share of its remaining prior floor; 0: never
         "unidentified": "fit",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
         "shrink": 0.0,  # pull the law's optimum this far toward the prior before it moves the target
-        # Reactive guard (evidence of harm): a domain that got less than its prior share since its best
+        # Reactive guard (evidence of harm): a domain that got less than its prior share (harm_cut) since its best
         # smoothed validation loss, and whose smoothed loss has since risen by more than harm_guard x its
         # noise, is flagged "harmed" for good and floored at harm_floor x its prior weight.
         "harm_guard": 3.0,  # k: rise threshold in units of the domain's validation-loss noise; 0 = off
@@ -133,6 +134,9 @@ class TransferSampler(MixtureSampler):
         "harm_confirm": 1,  # the evidence must hold at this many successive validation points of the domain
         "harm_catchup": True,  # a harmed domain's floor also holds for the target: its cumulative share catches up
         "harm_recent": True,  # also count a domain as cut when its recent share (EMA, forget_scale) is below its prior share
+        # A domain counts as cut when its share since its best point (or its recent share) is below
+        # its prior share (prior), or below max(prior share, its cumulative share at that best point) (own).
+        "harm_cut": "own",
         # Forgetting in the allocation: per domain, beta = how much its loss rises per unit of shortfall
         # of its recent share below the prior share, estimated from the fit's residuals; the optimum then
         # weighs a cut's law gain against that cost (scaling.allocate's forgetting penalty).
@@ -235,6 +239,9 @@ class TransferSampler(MixtureSampler):
         self.harm_confirm = self._opt_int("harm_confirm", 1)
         self.harm_catchup = self._opt_bool("harm_catchup")
         self.harm_recent = self._opt_bool("harm_recent")
+        if o["harm_cut"] not in ("prior", "own"):
+            raise SamplerError(f"sampler 'transfer' option 'harm_cut': expected prior or own, got {o['harm_cut']!r}")
+        self.harm_cut = o["harm_cut"]
         if o["forgetting"] not in ("fit", "off"):
             raise SamplerError(f"sampler 'transfer' option 'forgetting': expected fit or off, got {o['forgetting']!r}")
         self.forgetting = o["forgetting"]
@@ -536,7 +543,8 @@ class TransferSampler(MixtureSampler):
         """The reactive guard. Per domain, on the validation points: the smoothed log loss (EMA
         ``harm_smoothing``), its running minimum, and the noise (robust scale of the second
         differences of the raw log losses, which a smooth trend does not inflate). A domain that got
-        less than its prior share of the samples consumed since its minimum, and whose newest
+        less than its prior share (``harm_cut: own``: or than its own cumulative share at its minimum)
+        of the samples consumed since its minimum (or recently, ``harm_recent``), and whose newest
         smoothed loss is more than ``harm_guard`` x noise above that minimum, is flagged: the law in
         cumulative counts predicted no rise (forgetting: the loss depends on the recent mixture).
         The evidence must hold at each of the domain's last ``harm_confirm`` validation points (each
@@ -564,7 +572,8 @@ class TransferSampler(MixtureSampler):
             self.harmed[dom] = {"step": int(step), **evidence[0], "confirmed_over": self.harm_confirm}
             flagged.append(dom)
         if flagged:
-            log.warning("sampler transfer: validation loss of %s rose after a cut below the prior share; "
+            cut = "the prior share" if self.harm_cut == "prior" else "the prior share or its own share at its best point"
+            log.warning("sampler transfer: validation loss of %s rose after a cut below " + cut + "; "
                         "floor restored to %.2f x prior (%s)", flagged, self.harm_floor,
                         {d: self.harmed[d] for d in flagged})
             self.floors = self._relax_floors()
@@ -596,10 +605,16 @@ class TransferSampler(MixtureSampler):
         # harm_recent: a catch-up burst right after the best point can lift the share since then
         # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
         # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
-        starved = self.harm_recent and recent is not None and recent[j] < self.prior_w[j]
-        if not (share < self.prior_w[j] or starved):
+        cut_below = self.prior_w[j]
+        if self.harm_cut == "own":
+            # H100 gpu_small seed 2: pet fell from 0.5-0.8 of the samples to 0.01 and its loss rose 25%,
+            # but its recent share stayed above its prior (0.10) until the rise no longer cleared the
+            # noise; judged against its own share at its best point it is flagged at once.
+            cut_below = max(cut_below, float(D[idx[best], j] / D[idx[best]].sum()))
+        starved = self.harm_recent and recent is not None and recent[j] < cut_below
+        if not (share < cut_below or starved):
             return None  # not cut: a rise with at least the prior share is not the sampler's doing
-        return {"rise": rise, "noise": noise, "share_since_best": share,
+        return {"rise": rise, "noise": noise, "share_since_best": share, "cut_below": cut_below,
                 "recent_share": None if recent is None else float(recent[j]),
                 "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
 

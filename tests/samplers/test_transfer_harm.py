@@ -119,11 +119,13 @@ def test_a_burst_then_starvation_is_a_cut() -> None:
                 s.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "val")
         return s
 
-    s = run()
+    s = run(harm_cut="prior")  # harm_recent against the prior share, as before harm_cut existed
     assert set(s.harmed) == {"ct"}, s.harmed
     ev = s.harmed["ct"]
     assert ev["share_since_best"] > 0.1 > ev["recent_share"]
-    assert run(harm_recent=False).harmed == {}  # the share since the best point alone misses it
+    assert run(harm_recent=False, harm_cut="prior").harmed == {}  # the share since the best point alone misses it
+    # The default (harm_cut own) compares with ct's own share at its best point and flags it sooner.
+    assert run().harmed["ct"]["step"] < ev["step"]
 
 
 def test_one_high_point_is_not_harm_until_confirmed() -> None:
@@ -221,3 +223,19 @@ def test_reactive_guard_protects_in_a_forgetting_world() -> None:
     assert flagged and all(world.forget_beta[world.domains.index(d)] > 0 for d in flagged)
     assert on["objective"] < off["objective"]
     assert on["objective"] / j_oracle - 1 < 0.01 < off["objective"] / j_oracle - 1
+
+
+def test_harm_cut_own_counts_a_fall_from_the_domains_own_share() -> None:
+    """harm_cut own: ct got 0.6 of the samples up to its best point, then 0.35 (still above its prior
+    1/3) while its loss rose. Against the prior that is no cut; against its own share it is (H100
+    gpu_small seed 2: pet went from 0.5-0.8 to 0.01 while the guard still saw it above its prior)."""
+    boosted, lowered = np.array([0.6, 0.2, 0.2]), np.array([0.35, 0.325, 0.325])
+    by_prior = build("transfer", DOMAINS, **BASE, harm_cut="prior")
+    feed(by_prior, [boosted, lowered], rise=0.01)
+    assert "ct" not in by_prior.harmed
+    by_own = build("transfer", DOMAINS, **BASE)  # the default
+    feed(by_own, [boosted, lowered], rise=0.01)
+    ev = by_own.harmed["ct"]
+    assert ev["share_since_best"] > 1.0 / 3.0 and ev["cut_below"] > ev["share_since_best"]
+    with pytest.raises(SamplerError, match="harm_cut"):
+        build("transfer", DOMAINS, **BASE, harm_cut="mine")
