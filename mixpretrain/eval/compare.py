@@ -132,6 +132,12 @@ def collect_variants(bench: dict[str, Any], transfer_variants: dict[str, Any] | 
     return out
 
 
+def _row_spec(row: str, variants: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(registry name, the row's own options) of a table row: a variant, or a sampler by name."""
+    spec = variants.get(row)
+    return (spec["sampler"], spec["options"]) if spec else (row, {})
+
+
 def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str], seeds: int,
               out_dir: Path, variants: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One entry per (row, seed): name, config path, output dir; writes the configs. A row is a
@@ -146,8 +152,7 @@ def plan_runs(run_cfg: dict[str, Any], bench: dict[str, Any], samplers: list[str
     runs = []
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     for row in samplers:
-        sampler = variants[row]["sampler"] if row in variants else row
-        extra = variants[row]["options"] if row in variants else {}
+        sampler, extra = _row_spec(row, variants)
         for i in range(seeds):
             seed = base_seed + i
             name = f"{row}-seed{seed}"
@@ -427,9 +432,8 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     samplers = list(dict.fromkeys(samplers))
     doremi_opts = (bench.get("sampler_options") or {}).get("doremi", {})
-    needs_reference = [r for r in samplers if (variants[r]["sampler"] if r in variants else r) == "doremi"
-                       and "reference" not in {**doremi_opts, **(variants[r]["options"] if r in variants else {})}]
-    if needs_reference:
+    if any(name == "doremi" and "reference" not in {**doremi_opts, **extra}
+           for name, extra in (_row_spec(r, variants) for r in samplers)):
         if "uniform" not in samplers:
             log.info("doremi needs a reference run: adding 'uniform' (DoReMi's reference mixture)")
         samplers = ["uniform"] + [s for s in samplers if s != "uniform"]  # the reference trains first

@@ -86,10 +86,13 @@ def trained_by_other_code(run_dir: Path) -> str | None:
     check cannot see a change of, say, a sampler's defaults."""
     from mixpretrain.provenance import code_fingerprint
 
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return "no run.json"
     try:
-        code = json.loads((run_dir / "run.json").read_text()).get("code") or {}
-    except (OSError, ValueError):
-        return "run.json unreadable"
+        code = json.loads(path.read_text()).get("code") or {}
+    except (OSError, ValueError) as exc:
+        return f"run.json unreadable ({exc})"
     if not code:
         return "no code fingerprint in run.json (trained before fingerprints were recorded)"
     if code.get("fingerprint") != code_fingerprint():

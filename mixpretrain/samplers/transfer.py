@@ -48,9 +48,9 @@ Reactive guard (``harm_guard``): instead of guessing from the fit which domain m
 watches for the harm itself. A domain that got less than its prior share of the samples since its
 best smoothed validation loss (or, with ``harm_recent``, whose recent share is below its prior;
 with ``harm_cut: own``, the default, "below its prior" reads "below the larger of its prior and
-its own cumulative share at that best point"), and whose smoothed loss has since risen by more than ``harm_guard`` x its noise, is flagged
-"harmed" (state ``harmed``, ``diagnostics()["harmed"]``, ``last_refit["harmed"]``, a warning in
-the log) and floored at ``harm_floor`` x its prior weight
+its own cumulative share at that best point"), and whose smoothed loss has since risen by more
+than ``harm_guard`` x its noise, is flagged "harmed" (state ``harmed``, ``diagnostics()["harmed"]``,
+``last_refit["harmed"]``, a warning in the log) and floored at ``harm_floor`` x its prior weight
 for the rest of the run. A law in cumulative counts predicts no rise at all, so without forgetting
 the guard should stay silent (it fired in 4 of the 120 simulated default worlds of seeds 0-5, all
 false alarms). It is on by default and the preventive rules above are off (``min_prior_share`` 0,
@@ -573,9 +573,8 @@ class TransferSampler(MixtureSampler):
             flagged.append(dom)
         if flagged:
             cut = "the prior share" if self.harm_cut == "prior" else "the prior share or its own share at its best point"
-            log.warning("sampler transfer: validation loss of %s rose after a cut below " + cut + "; "
-                        "floor restored to %.2f x prior (%s)", flagged, self.harm_floor,
-                        {d: self.harmed[d] for d in flagged})
+            log.warning("sampler transfer: validation loss of %s rose after a cut below %s; floor restored to "
+                        "%.2f x prior (%s)", flagged, cut, self.harm_floor, {d: self.harmed[d] for d in flagged})
             self.floors = self._relax_floors()
             self.target = project_to_floors(self.target, self._target_floors())
 
@@ -601,19 +600,19 @@ class TransferSampler(MixtureSampler):
             return None
         since = D[idx[-1]] - D[idx[best]]
         share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan
-        recent = pts[idx[-1]].get("R")
-        # harm_recent: a catch-up burst right after the best point can lift the share since then
-        # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
-        # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
         cut_below = self.prior_w[j]
         if self.harm_cut == "own":
             # H100 gpu_small seed 2: pet fell from 0.5-0.8 of the samples to 0.01 and its loss rose 25%,
             # but its recent share stayed above its prior (0.10) until the rise no longer cleared the
             # noise; judged against its own share at its best point it is flagged at once.
             cut_below = max(cut_below, float(D[idx[best], j] / D[idx[best]].sum()))
+        # harm_recent: a catch-up burst right after the best point can lift the share since then
+        # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
+        # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
+        recent = pts[idx[-1]].get("R")
         starved = self.harm_recent and recent is not None and recent[j] < cut_below
         if not (share < cut_below or starved):
-            return None  # not cut: a rise with at least the prior share is not the sampler's doing
+            return None  # not cut: a rise while the domain kept its share is not the sampler's doing
         return {"rise": rise, "noise": noise, "share_since_best": share, "cut_below": cut_below,
                 "recent_share": None if recent is None else float(recent[j]),
                 "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
@@ -824,7 +823,9 @@ def clip_to_band(w: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The weights ``clip(c x w, lo, hi)`` that sum to 1, for ``sum(lo) <= 1 <= sum(hi)``: entries
     inside the band keep their ratios, as in ``project_to_floor``. Why a band: in real runs a domain
     whose cumulative share ran ahead of a lowered target got its floor (1%) for up to 80 steps while
-    the catch-up paid the excess back, and its validation loss rose 25% meanwhile (gpu_small seed 2)."""
+    the catch-up paid the excess back, and its validation loss rose 25% meanwhile (gpu_small seed 2).
+    Not ``scaling.allocate.project_box_simplex``: that shifts every entry by the same amount, which
+    changes the ratios between the domains the band does not touch."""
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     w = np.maximum(w, 1e-12)
     # log c from "every entry at lo" to "every entry at hi" (a target of 0 has lo = hi = 0)
