@@ -8,7 +8,7 @@ allocation that minimises the (importance-weighted, normalised) final loss for t
 Phases, as fractions of ``total_budget`` consumed:
 
 1. exploration (``explore_fraction``): the mixture cycles through "boost one domain" designs
-   around the prior (uniform or proportional). With a constant mixture every domain's count
+   around the prior (uniform, proportional or temperature). With a constant mixture every domain's count
    grows in lockstep and transfer T_ij cannot be told apart from a domain's own exponent; the
    boosts make the consumption ratios vary.
 2. steering: every ``refit_every`` usable observations the laws are refitted (warm-started from
@@ -69,6 +69,7 @@ each term x (1 + beta x shortfall at a constant mixture) (``scaling.allocate(...
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -92,7 +93,8 @@ class TransferSampler(MixtureSampler):
     name = "transfer"
     OPTIONS = {
         "family": "auto",  # auto (prequential choice among power, linear, transfer) or one family for fit_laws
-        "prior": "auto",  # centre of exploration, fallback and floors: auto (proportional given available) | uniform | proportional
+        "prior": "auto",  # centre of exploration, fallback and floors: auto (proportional given available) | uniform | proportional | temperature
+        "prior_tau": 2.0,  # prior temperature: w ∝ available^(1 / prior_tau), as the temperature sampler
         "explore_fraction": 0.15,  # share of total_budget spent exploring
         "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
         "explore_block": 1,  # observations per boosted domain during exploration
@@ -196,10 +198,17 @@ class TransferSampler(MixtureSampler):
         if "repetition" in listed and self.available is None:
             raise SamplerError("sampler 'transfer' family 'repetition' needs option 'available' (unique samples per domain)")
         self.family = "auto" if fam == "auto" else tuple(listed)  # candidates, simplest first as given
-        if o["prior"] not in ("auto", "uniform", "proportional"):
-            raise SamplerError(f"sampler 'transfer' option 'prior': expected auto, uniform or proportional, got {o['prior']!r}")
-        if o["prior"] == "proportional" and self.available is None:
-            raise SamplerError("sampler 'transfer' option prior='proportional' needs option 'available'")
+        if o["prior"] not in ("auto", "uniform", "proportional", "temperature"):
+            raise SamplerError("sampler 'transfer' option 'prior': expected auto, uniform, proportional or temperature, "
+                               f"got {o['prior']!r}")
+        if o["prior"] in ("proportional", "temperature") and self.available is None:
+            raise SamplerError(f"sampler 'transfer' option prior={o['prior']!r} needs option 'available'")
+        tau = o["prior_tau"]
+        if isinstance(tau, str) and tau.lower() in ("inf", "infinity"):
+            tau = math.inf
+        if not isinstance(tau, int | float) or isinstance(tau, bool) or not tau > 0:
+            raise SamplerError(f"sampler 'transfer' option 'prior_tau': expected a number > 0 (or inf), got {tau!r}")
+        self.prior_tau = float(tau)
         if o["fit_on"] not in ("val", "both"):
             raise SamplerError(f"sampler 'transfer' option 'fit_on': expected val or both, got {o['fit_on']!r}")
         self.fit_on = o["fit_on"]
@@ -257,8 +266,10 @@ class TransferSampler(MixtureSampler):
         # auto: the natural mixture when the data sizes are known. In real runs it was the best
         # baseline, and the guards fall back to the prior wherever the laws are not identified.
         prior = self.options["prior"]
-        if prior == "proportional" or (prior == "auto" and self.available is not None):
-            w = self.available / self.available.sum() if self.available.sum() > 0 else np.full(self.k, 1.0 / self.k)
+        if prior in ("proportional", "temperature") or (prior == "auto" and self.available is not None):
+            tau = self.prior_tau if prior == "temperature" else 1.0
+            base = np.power(np.maximum(self.available, 0.0), 1.0 / tau)  # tau = inf: uniform
+            w = base / base.sum() if base.sum() > 0 else np.full(self.k, 1.0 / self.k)
         else:
             w = np.full(self.k, 1.0 / self.k)
         return project_to_floor(cap_fill(w, self.caps), self.floor)

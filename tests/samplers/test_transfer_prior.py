@@ -1,0 +1,51 @@
+"""The transfer sampler's prior: the centre of exploration, the fallback, the floors and the cooldown mixture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixpretrain.samplers import SamplerError, build
+
+DOMAINS = ["ct", "mri", "pet"]
+AVAILABLE = [6400, 1600, 400]
+
+
+def test_prior_auto_is_proportional_given_the_data_sizes() -> None:
+    s = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE)
+    np.testing.assert_allclose(s.prior_w, np.array(AVAILABLE) / sum(AVAILABLE))
+    assert np.allclose(build("transfer", DOMAINS, total_budget=10_000).prior_w, 1 / 3)  # no sizes: uniform
+
+
+@pytest.mark.parametrize(("tau", "expected"), [(2.0, [80, 40, 20]), (1.0, AVAILABLE), ("inf", [1, 1, 1])])
+def test_prior_temperature_is_available_to_the_one_over_tau(tau, expected) -> None:
+    s = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="temperature", prior_tau=tau)
+    np.testing.assert_allclose(s.prior_w, np.array(expected, float) / sum(expected))
+    # The sampler starts on its prior, and it is what the floors of a harmed domain refer to.
+    np.testing.assert_allclose(s.target, s.prior_w)
+    np.testing.assert_allclose(s.harm_floors, np.maximum(s.floor, s.harm_floor * s.prior_w))
+
+
+def test_prior_temperature_ends_a_cooldown_prior_run_on_the_temperature_mixture() -> None:
+    budget, per_step = 12_000.0, 400.0
+    s = build("transfer", DOMAINS, seed=0, total_budget=budget, available=AVAILABLE, prior="temperature",
+              cooldown=0.2, cooldown_prior=1.0, family="power", min_points=4, refit_every=1)
+    consumed = np.zeros(3)
+    for step in range(1, int(budget / per_step) + 1):
+        w = s.weights()
+        if consumed.sum() >= 0.8 * budget + 1e-9:
+            np.testing.assert_allclose(w, s.prior_w, atol=1e-9)
+        consumed = consumed + w * per_step
+        loss = 0.3 + 3.0 * (1.0 + consumed) ** -0.3
+        s.observe(step, consumed, dict(zip(DOMAINS, loss.tolist(), strict=True)), "val")
+    assert s.phase == "cooldown"
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    ({"prior": "temperature"}, "needs option 'available'"),
+    ({"prior": "temperature", "available": AVAILABLE, "prior_tau": 0}, "prior_tau"),
+    ({"prior": "sqrt", "available": AVAILABLE}, "expected auto, uniform, proportional or temperature"),
+])
+def test_bad_prior_options_are_refused_by_name(opts, message) -> None:
+    with pytest.raises(SamplerError, match=message):
+        build("transfer", DOMAINS, total_budget=10_000, **opts)
