@@ -787,6 +787,7 @@ class TransferSampler(MixtureSampler):
             "domains": list(self.domains),
             "phase": self.phase,
             "target": to_jsonable(self.target),
+            "prior": to_jsonable(self.prior_w),  # what exploration centres on, floors scale and a cooldown_prior ends on
             "floors": to_jsonable(self.floors),  # per-domain floors now (relaxed by floor_relax)
             "doubt": to_jsonable(self.doubt),  # 1 = no evidence for the domain's law yet
             "harmed": to_jsonable(self.harmed),  # reactive guard: domains whose val loss rose after a cut

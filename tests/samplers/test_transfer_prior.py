@@ -23,6 +23,7 @@ def test_prior_temperature_is_available_to_the_one_over_tau(tau, expected) -> No
     np.testing.assert_allclose(s.prior_w, np.array(expected, float) / sum(expected))
     # The sampler starts on its prior, and it is what the floors of a harmed domain refer to.
     np.testing.assert_allclose(s.target, s.prior_w)
+    np.testing.assert_allclose(s.diagnostics()["prior"], s.prior_w)  # written to sampler.jsonl
     np.testing.assert_allclose(s.harm_floors, np.maximum(s.floor, s.harm_floor * s.prior_w))
 
 
