@@ -54,11 +54,7 @@ class TemperatureSampler(MixtureSampler):
         super().__init__(domains, **options)
         if self.available is None:
             raise SamplerError("sampler 'temperature': option 'available' (unique samples per domain) is required")
-        tau = self.options["tau"]
-        if isinstance(tau, str) and tau.lower() in ("inf", "infinity"):
-            tau = math.inf
-        if not isinstance(tau, int | float) or isinstance(tau, bool) or not tau > 0:
-            raise SamplerError(f"sampler 'temperature' option 'tau': expected a number > 0 (or inf), got {tau!r}")
+        tau = parse_temperature(self.name, "tau", self.options["tau"])
         max_epochs = self.options["max_epochs"]
         if max_epochs is not None:
             max_epochs = self._opt_float("max_epochs", lo=1e-9)
@@ -66,6 +62,15 @@ class TemperatureSampler(MixtureSampler):
         if base.sum() <= 0:
             base = np.ones(self.k)
         self._w = cap_fill(base / base.sum(), repetition_caps(self, max_epochs))
+
+
+def parse_temperature(sampler: str, key: str, value: Any) -> float:
+    """A sampling temperature: a number > 0, or "inf" / "infinity" (uniform)."""
+    if isinstance(value, str) and value.lower() in ("inf", "infinity"):
+        return math.inf
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise SamplerError(f"sampler '{sampler}' option '{key}': expected a number > 0 (or inf), got {value!r}")
+    return float(value)
 
 
 def _weights_from_laws(path: str | Path, domains: tuple[str, ...], sampler: MixtureSampler) -> Any:

@@ -69,14 +69,13 @@ each term x (1 + beta x shortfall at a constant mixture) (``scaling.allocate(...
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
 import numpy as np
 
 from .base import MixtureSampler, SamplerError, cap_fill, per_domain, project_to_floor, to_jsonable
-from .baselines import repetition_caps
+from .baselines import parse_temperature, repetition_caps
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +202,7 @@ class TransferSampler(MixtureSampler):
                                f"got {o['prior']!r}")
         if o["prior"] in ("proportional", "temperature") and self.available is None:
             raise SamplerError(f"sampler 'transfer' option prior={o['prior']!r} needs option 'available'")
-        tau = o["prior_tau"]
-        if isinstance(tau, str) and tau.lower() in ("inf", "infinity"):
-            tau = math.inf
-        if not isinstance(tau, int | float) or isinstance(tau, bool) or not tau > 0:
-            raise SamplerError(f"sampler 'transfer' option 'prior_tau': expected a number > 0 (or inf), got {tau!r}")
-        self.prior_tau = float(tau)
+        self.prior_tau = parse_temperature(self.name, "prior_tau", o["prior_tau"])
         if o["fit_on"] not in ("val", "both"):
             raise SamplerError(f"sampler 'transfer' option 'fit_on': expected val or both, got {o['fit_on']!r}")
         self.fit_on = o["fit_on"]
