@@ -58,10 +58,16 @@ class TemperatureSampler(MixtureSampler):
         max_epochs = self.options["max_epochs"]
         if max_epochs is not None:
             max_epochs = self._opt_float("max_epochs", lo=1e-9)
-        base = np.ones(self.k) if math.isinf(tau) else np.power(np.maximum(self.available, 0.0), 1.0 / tau)
-        if base.sum() <= 0:
-            base = np.ones(self.k)
-        self._w = cap_fill(base / base.sum(), repetition_caps(self, max_epochs))
+        self._w = cap_fill(temperature_mixture(self.available, tau), repetition_caps(self, max_epochs))
+
+
+def temperature_mixture(available: np.ndarray, tau: float) -> np.ndarray:
+    """w ∝ available^(1/tau), uncapped: tau = 1 is proportional, tau = inf uniform (also when no
+    domain has data)."""
+    base = np.ones(len(available)) if math.isinf(tau) else np.power(np.maximum(available, 0.0), 1.0 / tau)
+    if base.sum() <= 0:
+        base = np.ones(len(available))
+    return base / base.sum()
 
 
 def parse_temperature(sampler: str, key: str, value: Any) -> float:

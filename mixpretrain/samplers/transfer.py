@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 
 from .base import MixtureSampler, SamplerError, cap_fill, per_domain, project_to_floor, to_jsonable
-from .baselines import parse_temperature, repetition_caps
+from .baselines import parse_temperature, repetition_caps, temperature_mixture
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +261,7 @@ class TransferSampler(MixtureSampler):
         # baseline, and the guards fall back to the prior wherever the laws are not identified.
         prior = self.options["prior"]
         if prior in ("proportional", "temperature") or (prior == "auto" and self.available is not None):
-            tau = self.prior_tau if prior == "temperature" else 1.0
-            base = np.power(np.maximum(self.available, 0.0), 1.0 / tau)  # tau = inf: uniform
-            w = base / base.sum() if base.sum() > 0 else np.full(self.k, 1.0 / self.k)
+            w = temperature_mixture(self.available, self.prior_tau if prior == "temperature" else 1.0)
         else:
             w = np.full(self.k, 1.0 / self.k)
         return project_to_floor(cap_fill(w, self.caps), self.floor)
