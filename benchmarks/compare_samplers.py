@@ -2,7 +2,7 @@
 """Compare mixture samplers.
 
     python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--json] [--timing]
-        [--forgetting] [--transfer-variants '{"name": {transfer options}, ...}']
+        [--forgetting] [--interference] [--transfer-variants '{"name": {transfer options}, ...}']
 
 ``--simulated``: worlds whose losses follow known laws (random asymmetric transfer, hubs, islands,
 skewed data sizes, a misspecified family, noise); every sampler gets the same budget and
@@ -11,7 +11,9 @@ observation schedule; the table gives, per sampler, the mean objective relative 
 laws, how often it beats ``proportional``, how often it beats proportional, uniform, ado and odm
 on the "hard" worlds (oracle >= 3% better than proportional), hub/island recovery and time.
 ``--forgetting``: the same worlds plus forgetting (a starved domain's loss rises with its recent
-share; the oracle includes that penalty). ``--transfer-variants``: extra ``transfer`` rows with
+share; the oracle includes that penalty). ``--interference``: the same worlds plus poor company
+(a domain's loss rises with another domain's recent share above its proportional share).
+``--transfer-variants``: extra ``transfer`` rows with
 the given options (e.g. guard settings), side by side with the same baselines.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
@@ -57,7 +59,7 @@ def run_simulated(args: argparse.Namespace) -> int:
     if variants:
         samplers += tuple(v for v in variants if v not in samplers)
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
-                                    variants=variants)
+                                    variants=variants, interference=args.interference)
     if args.timing:
         result["refit_timing"] = [simulate.refit_timing(k, rotate=r) for k, r in ((3, False), (10, False), (10, True))]
     if args.json:
@@ -65,7 +67,7 @@ def run_simulated(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"# simulated sampler comparison: {args.worlds} worlds, seed {args.seed}"
-          f"{', forgetting' if args.forgetting else ''}, "
+          f"{', forgetting' if args.forgetting else ''}{', interference' if args.interference else ''}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(simulate.format_table(result["table"]))
     hard = result["hard_worlds"]
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", action="store_true", help="also time transfer refits with 3 and 10 domains")
     parser.add_argument("--forgetting", action="store_true",
                         help="--simulated: the same worlds plus forgetting (loss rises with a low recent share)")
+    parser.add_argument("--interference", action="store_true",
+                        help="--simulated: the same worlds plus poor company (loss rises with another domain's recent share)")
     parser.add_argument("--transfer-variants",
                         help="JSON {row name: transfer options}: extra transfer rows (--simulated and --pretrain)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")

@@ -24,6 +24,13 @@ recent samples (time constant ``forget_scale`` x budget samples, started at the 
 mixture), r0_j its proportional share and beta_j in [0.05, 0.3] for about half of the domains (at
 least one), 0 for the others. The oracle then minimises J with the penalty at a constant mixture
 (r = w): ``allocate(..., forgetting=(beta, r0))``, the same penalty the transfer sampler estimates.
+
+Interference (opt-in: ``interference=True``): the same world plus poor company, a recency effect
+across domains. Real island runs showed it: ct's loss at the same share was 2.7% higher when pet
+took the freed samples than when cells kept them. The loss of domain j is L_j(D) x (1 + sum_i
+C_ij x max(0, r_i - r0_i)) for a sparse C (each ordered pair with probability 1/K, at least one,
+C_ij in [0.05, 0.3]); the oracle uses ``allocate(..., interference=C)``. Without forgetting unless
+both are asked for.
 """
 
 from __future__ import annotations
@@ -110,6 +117,12 @@ class World:
     info: dict[str, Any] = field(default_factory=dict)
     forget_beta: np.ndarray | None = None  # per-domain forgetting strength; None: no forgetting
     forget_scale: float = 0.1  # time constant of the recent-share EMA, as a share of the budget
+    interference: np.ndarray | None = None  # C [K(source), K(target)]: j's loss rises with i's recent excess share
+
+    @property
+    def recency(self) -> bool:
+        """Whether losses depend on the recent mixture (forgetting or interference)."""
+        return self.forget_beta is not None or self.interference is not None
 
     @property
     def forget_ref(self) -> np.ndarray:
@@ -117,14 +130,28 @@ class World:
         return self.available / self.available.sum()
 
     def penalty(self, recent: np.ndarray | None) -> np.ndarray | float:
-        """Loss multiplier 1 + beta x max(0, 1 - r / r0) for the recent shares r (1 without forgetting)."""
-        if self.forget_beta is None or recent is None:
+        """Loss multiplier 1 + beta x max(0, 1 - r / r0) + C^T max(0, r - r0) for the recent shares r
+        (1 without forgetting or interference)."""
+        if not self.recency or recent is None:
             return 1.0
-        return 1.0 + self.forget_beta * np.maximum(0.0, 1.0 - np.asarray(recent, float) / self.forget_ref)
+        r, r0 = np.asarray(recent, float), self.forget_ref
+        pen = np.ones(len(self.domains))
+        if self.forget_beta is not None:
+            pen = pen + self.forget_beta * np.maximum(0.0, 1.0 - r / r0)
+        if self.interference is not None:
+            pen = pen + self.interference.T @ np.maximum(0.0, r - r0)
+        return pen
+
+    def recency_penalty(self) -> dict[str, Any]:
+        """The penalty as ``allocate``'s keyword arguments (empty without recency effects)."""
+        if not self.recency:
+            return {}
+        beta = self.forget_beta if self.forget_beta is not None else np.zeros(len(self.domains))
+        return {"forgetting": (beta, self.forget_ref), "interference": self.interference}
 
     def update_recent(self, recent: np.ndarray | None, w: np.ndarray, samples: float) -> np.ndarray | None:
         """The recent-share EMA after ``samples`` more samples drawn with weights ``w``."""
-        if self.forget_beta is None:
+        if not self.recency:
             return None
         if recent is None:
             return np.asarray(w, float).copy()
@@ -151,10 +178,11 @@ class World:
 
 
 def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 2.0e5,
-               forgetting: bool = False) -> World:
+               forgetting: bool = False, interference: bool = False) -> World:
     """World number ``index`` of a benchmark seeded by ``seed``; kinds cycle through WORLD_KINDS.
-    ``forgetting``: the same world (same law, data, noise) plus forgetting, drawn from its own
-    random stream so the world without it is unchanged (see the module docstring)."""
+    ``forgetting`` / ``interference``: the same world (same law, data, noise) plus forgetting or
+    poor company, each drawn from its own random stream so the world without it is unchanged (see
+    the module docstring)."""
     from mixpretrain.scaling import LawFit
 
     rng = np.random.default_rng([seed, index, 11])
@@ -201,9 +229,20 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
         if not (beta > 0).any():
             beta[int(frng.integers(k))] = float(frng.uniform(0.05, 0.3))
         info["forget_beta"] = beta.tolist()
-    return World(name=f"w{index:02d}-{kind}" + ("-forget" if forgetting else ""), kind=kind, domains=domains, law=law,
+    C = None
+    if interference:
+        crng = np.random.default_rng([seed, index, 17])
+        pairs = crng.random((k, k)) < 1.0 / k
+        np.fill_diagonal(pairs, False)
+        if not pairs.any():
+            i, j = crng.choice(k, size=2, replace=False)
+            pairs[i, j] = True
+        C = np.where(pairs, crng.uniform(0.05, 0.3, (k, k)), 0.0)
+        info["interference"] = C.tolist()
+    name = f"w{index:02d}-{kind}" + ("-forget" if forgetting else "") + ("-company" if interference else "")
+    return World(name=name, kind=kind, domains=domains, law=law,
                  available=available, budget=budget, max_epochs=max_epochs, noise=noise, train_noise=2 * noise,
-                 transient=transient, seed=seed * 1000 + index, info=info, forget_beta=beta)
+                 transient=transient, seed=seed * 1000 + index, info=info, forget_beta=beta, interference=C)
 
 
 def oracle(world: World, floor: float) -> Any:
@@ -214,8 +253,7 @@ def oracle(world: World, floor: float) -> Any:
     within 5e-7 relative on the 120 forgetting worlds of seeds 0-5)."""
     from mixpretrain.scaling import allocate
 
-    forgetting = None if world.forget_beta is None else (world.forget_beta, world.forget_ref)
-    return allocate(world.law, world.budget, importance=world.importance, floor=floor, forgetting=forgetting)
+    return allocate(world.law, world.budget, importance=world.importance, floor=floor, **world.recency_penalty())
 
 
 def sampler_options(world: World, name: str, floor: float, oracle_weights: np.ndarray,
@@ -248,7 +286,7 @@ def run_sampler(world: World, name: str, options: dict[str, Any], intervals: int
     per_interval = world.budget / intervals
     rng = np.random.default_rng([world.seed, 5])
     history, refit_s = [], []
-    recent = None  # forgetting worlds: EMA of the recent mixture (None otherwise)
+    recent = None  # forgetting and interference worlds: EMA of the recent mixture (None otherwise)
     t0 = time.perf_counter()
     for it in range(start, intervals):
         w = sampler.weights()
@@ -333,6 +371,7 @@ def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, f
         rec["gap_to_oracle"] = rec["objective"] / j_oracle - 1.0
     return {"world": world.name, "kind": world.kind, "k": len(world.domains), "noise": world.noise,
             "forget_beta": None if world.forget_beta is None else world.forget_beta.tolist(),
+            "interference": None if world.interference is None else world.interference.tolist(),
             "oracle_weights": orc.weights.tolist(), "oracle_objective": j_oracle,
             "oracle_gain_vs_proportional": 1.0 - j_oracle / j_prop, "samplers": results}
 
@@ -371,19 +410,21 @@ def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[s
 
 def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] = DEFAULT_SAMPLERS,
                   floor: float = 0.01, intervals: int = 60, eval_every: int = 3, forgetting: bool = False,
-                  variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``forgetting``: the same worlds plus forgetting (module docstring). ``variants``: extra
+                  variants: dict[str, dict[str, Any]] | None = None, interference: bool = False) -> dict[str, Any]:
+    """``forgetting`` / ``interference``: the same worlds plus forgetting or poor company (module
+    docstring). ``variants``: extra
     ``transfer`` rows {name: options}; list their names in ``samplers`` too."""
     t0 = time.perf_counter()
     worlds = []
     for i in range(n_worlds):
-        world = make_world(i, seed, forgetting=forgetting)
+        world = make_world(i, seed, forgetting=forgetting, interference=interference)
         worlds.append(evaluate_world(world, samplers, floor, intervals, eval_every, variants))
         log.info("%s done (%.1f s so far)", world.name, time.perf_counter() - t0)
     hard = [w["world"] for w in worlds if w["oracle_gain_vs_proportional"] >= HARD_GAIN]
     return to_jsonable({
         "settings": {"worlds": n_worlds, "seed": seed, "floor": floor, "intervals": intervals, "eval_every": eval_every,
-                     "hard_gain": HARD_GAIN, "forgetting": forgetting, "variants": variants or {}},
+                     "hard_gain": HARD_GAIN, "forgetting": forgetting, "interference": interference,
+                     "variants": variants or {}},
         "table": summarise(worlds, samplers),
         "hard_worlds": hard,
         "worlds": worlds,

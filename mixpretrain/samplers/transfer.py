@@ -64,6 +64,13 @@ it. Every point carries the EMA of the recent mixture; at each refit the law's l
 domain are regressed on its shortfall max(0, 1 - recent share / prior share), and the slope, less
 ``forget_z`` standard errors, is that domain's beta. The optimum then minimises the objective with
 each term x (1 + beta x shortfall at a constant mixture) (``scaling.allocate(..., forgetting=...)``).
+
+Poor company (``forgetting: company``, opt-in): real island runs showed a domain's loss depending on
+what else the batch holds (ct 2.7% worse at the same share when pet took the freed samples rather
+than cells). Each domain's log residuals are then regressed jointly on its own shortfall and on every
+other domain's recent excess max(0, recent share - prior share); each slope less ``forget_z`` standard
+errors gives beta and the interference matrix C[i, j], and the optimum pays
+``scaling.allocate(..., interference=C)`` for putting i's share above its prior where it hurts j.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from typing import Any
 
 import numpy as np
 
+from . import recency
 from .base import MixtureSampler, SamplerError, cap_fill, per_domain, project_to_floor, to_jsonable
 from .baselines import parse_temperature, repetition_caps, temperature_mixture
 
@@ -141,13 +149,13 @@ class TransferSampler(MixtureSampler):
         # Forgetting in the allocation: per domain, beta = how much its loss rises per unit of shortfall
         # of its recent share below the prior share, estimated from the fit's residuals; the optimum then
         # weighs a cut's law gain against that cost (scaling.allocate's forgetting penalty).
-        "forgetting": "fit",  # fit | off
+        "forgetting": "fit",  # fit | company (also cross-domain interference) | off
         "forget_scale": 0.1,  # time constant of the recent-share EMA, as a share of total_budget
         "forget_z": 2.0,  # beta is the estimate minus this many standard errors (0 unless the evidence is clear)
         "trust": "always",  # skill: the target follows the law's optimum only while the law forecasts better than persistence (measured: not better, see docs)
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
-                    "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta")
+                    "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta", "interference")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -184,6 +192,7 @@ class TransferSampler(MixtureSampler):
         self.recent: np.ndarray | None = None
         self.recent_at = np.zeros(self.k)
         self.beta = np.zeros(self.k)
+        self.interference = np.zeros((self.k, self.k))  # C[i, j]: j's loss per unit of i's recent excess share
 
     def _read_options(self) -> None:
         o = self.options
@@ -245,8 +254,9 @@ class TransferSampler(MixtureSampler):
         if o["harm_cut"] not in ("prior", "own"):
             raise SamplerError(f"sampler 'transfer' option 'harm_cut': expected prior or own, got {o['harm_cut']!r}")
         self.harm_cut = o["harm_cut"]
-        if o["forgetting"] not in ("fit", "off"):
-            raise SamplerError(f"sampler 'transfer' option 'forgetting': expected fit or off, got {o['forgetting']!r}")
+        if o["forgetting"] not in ("fit", "company", "off"):
+            raise SamplerError("sampler 'transfer' option 'forgetting': expected fit, company or off, "
+                               f"got {o['forgetting']!r}")
         self.forgetting = o["forgetting"]
         self.forget_scale = self._opt_float("forget_scale", 1e-6, 10.0)
         self.forget_z = self._opt_float("forget_z", 0.0)
@@ -349,9 +359,11 @@ class TransferSampler(MixtureSampler):
         self.chosen = self._choose()
         self.fit = self._laws.get(self.chosen) if self.chosen else None
         info["family"] = self.chosen
-        self.beta = self._estimate_forgetting(split)
+        self.beta, self.interference = self._estimate_recency(split)
         if (self.beta > 0).any():
             info["forgetting"] = self.beta.tolist()
+        if (self.interference > 0).any():
+            info["interference"] = self.interference.tolist()
         if self.harmed:
             info["harmed"] = sorted(self.harmed)
         self._retarget(info)
@@ -650,42 +662,33 @@ class TransferSampler(MixtureSampler):
         harmed = np.array([d in self.harmed for d in self.domains])
         return np.where(harmed, np.maximum(floors, self.harm_floors), floors)
 
-    def _estimate_forgetting(self, split: str) -> np.ndarray:
-        """Per domain: regress the law's log residuals on the shortfall x = max(0, 1 - recent share /
-        prior share) at each point; beta = slope - forget_z x its standard error, at least 0. A law
-        in cumulative counts leaves a starved domain's rise in its residuals (real cpu_tiny runs: ct
-        +15% within ~150 steps at 1% of the samples), and nothing where the mixture never dipped."""
-        beta = np.zeros(self.k)
+    def _estimate_recency(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(beta [K], interference C [K, K]) from the law's log residuals and the recent shares at
+        each point (``samplers.recency``). ``fit``: beta per domain from its own shortfall;
+        ``company``: the same beta, and C from the other domains' excess shares; zeros when ``off``."""
+        beta, C = np.zeros(self.k), np.zeros((self.k, self.k))
         if self.forgetting == "off" or self.fit is None:
-            return beta
+            return beta, C
         pts = [p for p in self.points if split in ("both", p["split"]) and p.get("R") is not None]
         if len(pts) < self.min_points:
-            return beta
+            return beta, C
         D = np.asarray([p["D"] for p in pts], dtype=np.float64)
         L = self._loss_matrix(pts, split)
         with np.errstate(all="ignore"):
             res = np.log(L) - np.log(self.fit.predict(D))
-        short = np.maximum(0.0, 1.0 - np.asarray([p["R"] for p in pts], dtype=np.float64) / self.prior_w)
-        for j in range(self.k):
-            ok = np.isfinite(res[:, j])
-            x, r = short[ok, j], res[ok, j]
-            if x.size < self.min_points:
-                continue
-            sxx = float(np.sum((x - x.mean()) ** 2))
-            if sxx < 1e-6:
-                continue  # the recent share never moved: nothing to learn
-            slope = float(np.sum((x - x.mean()) * (r - r.mean())) / sxx)
-            resid = r - r.mean() - slope * (x - x.mean())
-            se = float(np.sqrt(np.sum(resid**2) / max(x.size - 2, 1) / sxx))
-            beta[j] = min(max(slope - self.forget_z * se, 0.0), 1.0)
-        return beta
+        R = np.asarray([p["R"] for p in pts], dtype=np.float64)
+        beta = recency.own_forgetting(res, np.maximum(0.0, 1.0 - R / self.prior_w), self.forget_z, self.min_points)
+        if self.forgetting == "company":
+            C = recency.company(res, R, self.prior_w, D.sum(axis=1), self.forget_z, self.min_points)
+        return beta, C
 
     def _optimum(self, law: Any) -> np.ndarray:
         from mixpretrain.scaling import allocate
 
-        forgetting = (self.beta, self.prior_w) if (self.beta > 0).any() else None
+        company = (self.interference > 0).any()
+        forgetting = (self.beta, self.prior_w) if (self.beta > 0).any() or company else None
         alloc = allocate(law, self.budget, importance=self.importance, caps=self._caps_samples(), floor=self.floor,
-                         forgetting=forgetting)
+                         forgetting=forgetting, interference=self.interference if company else None)
         optimum = np.asarray(alloc.weights, dtype=np.float64)
         if optimum.shape != (self.k,) or not np.isfinite(optimum).all():
             raise ValueError(f"non-finite allocation {optimum.tolist()}")
@@ -734,8 +737,9 @@ class TransferSampler(MixtureSampler):
 
     def _recency_shown(self) -> bool:
         """The run has shown that final losses depend on the recent mixture: a harm flag, or a
-        forgetting beta > 0 (every real cpu_tiny run; no run in the simulated default worlds)."""
-        return bool(self.harmed) or bool((self.beta > 0).any())
+        forgetting beta > 0 (every real cpu_tiny run; no run in the simulated default worlds), or
+        interference (``forgetting: company``)."""
+        return bool(self.harmed) or bool((self.beta > 0).any()) or bool((self.interference > 0).any())
 
     def _cooldown_prior_share(self) -> float:
         """How much of the prior the cooldown mixes in. Why end near the prior at all: where the final
@@ -757,6 +761,8 @@ class TransferSampler(MixtureSampler):
         if "beta" not in state:  # a state saved before the forgetting estimate: no recent-share history
             state = {**state, "recent": None, "recent_at": list(state.get("prev_consumed", [0.0] * self.k)),
                      "beta": [0.0] * self.k}
+        if "interference" not in state:  # a state saved before forgetting: company
+            state = {**state, "interference": np.zeros((self.k, self.k)).tolist()}
         super().load_state_dict(state)
 
     def _after_load(self) -> None:
@@ -765,6 +771,10 @@ class TransferSampler(MixtureSampler):
                                f"got {self.harmed!r}")
         self.harmed = {d: dict(v) for d, v in self.harmed.items()}
         self.recent = None if self.recent is None else np.asarray(self.recent, dtype=np.float64)
+        self.interference = np.asarray(self.interference, dtype=np.float64)
+        if self.interference.shape != (self.k, self.k):
+            raise SamplerError(f"sampler 'transfer': state 'interference' must be {self.k} x {self.k}, "
+                               f"got shape {self.interference.shape}")
         self.floors = self._relax_floors()
         self.laws_state = dict(self.laws_state)
         self._laws = {fam: _law_from_state(st) for fam, st in self.laws_state.items()}
@@ -784,6 +794,10 @@ class TransferSampler(MixtureSampler):
             "doubt": to_jsonable(self.doubt),  # 1 = no evidence for the domain's law yet
             "harmed": to_jsonable(self.harmed),  # reactive guard: domains whose val loss rose after a cut
             "forgetting": dict(zip(self.domains, to_jsonable(self.beta), strict=True)),  # beta per domain
+            # forgetting: company: {source: {target: C}} for the pairs with C > 0 (poor company)
+            "interference": {self.domains[i]: {self.domains[j]: float(self.interference[i, j])
+                                               for j in range(self.k) if self.interference[i, j] > 0}
+                             for i in range(self.k) if (self.interference[i] > 0).any()},
             "cooldown_prior": self._cooldown_prior_share(),  # share of the prior the cooldown would mix in now
             "counters": dict(self.counters),
             "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},

@@ -79,3 +79,43 @@ def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None
                                     variants={"guard_off": {"harm_guard": 0.0, "family": "power"}})
     assert result["worlds"][0]["world"] == simulate.make_world(0, 0).name
     assert "harmed" in result["worlds"][0]["samplers"]["guard_off"]
+
+
+def test_interference_worlds(capsys) -> None:
+    """``--interference``: the same law and data plus poor company; the oracle prices it in, so no
+    mixture (proportional, uniform, the company-blind optimum) scores below it."""
+    import importlib.util
+    from pathlib import Path
+
+    from mixpretrain.scaling import allocate
+
+    plain, world = simulate.make_world(3, 0), simulate.make_world(3, 0, interference=True)
+    assert world.name == plain.name + "-company" and world.forget_beta is None
+    np.testing.assert_array_equal(world.available, plain.available)
+    C = world.interference
+    assert (C >= 0).all() and (C > 0).any() and not np.diag(C).any()
+    r0 = world.forget_ref
+    w = r0.copy()
+    i, j = np.argwhere(C > 0)[0]
+    w[i] += 0.1
+    w[(i + 1) % len(w)] -= 0.1
+    pen = world.penalty(w)
+    assert pen[j] == pytest.approx(1.0 + C[:, j] @ np.maximum(0.0, w - r0))
+    np.testing.assert_allclose(world.penalty(r0), 1.0)  # at the reference mixture company costs nothing
+    orc = simulate.oracle(world, 0.01)
+    j_orc = world.objective(world.budget * orc.weights, orc.weights)
+    blind = allocate(world.law, world.budget, floor=0.01).weights
+    assert j_orc <= world.objective(world.budget * blind, blind) + 1e-9
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_samplers.py"
+    spec = importlib.util.spec_from_file_location("compare_samplers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--simulated", "--worlds", "1", "--interference", "--samplers", "proportional,uniform,oracle",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["interference"] is True
+    row = result["worlds"][0]
+    assert row["world"].endswith("-company") and row["interference"] is not None
+    assert row["samplers"]["oracle"]["gap_to_oracle"] == pytest.approx(0.0, abs=1e-9)
+    assert min(row["samplers"][s]["gap_to_oracle"] for s in ("proportional", "uniform")) >= -1e-9
