@@ -227,6 +227,8 @@ def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
         if with_fit:
             last = with_fit[-1]
             out["transfer"] = {k: last.get(k) for k in ("family", "hubs", "islands", "hub_score", "island_score", "transfer_matrix")}
+            # forgetting: company: the pairs whose estimate was > 0 at the end of the run ({source: {target: C}})
+            out["transfer"]["interference"] = diags[-1].get("interference") or {}
     return out
 
 
@@ -305,6 +307,9 @@ def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
         if transfer:
             row["hubs"], row["islands"] = transfer[-1].get("hubs"), transfer[-1].get("islands")
             row["transfer_matrix"] = transfer[-1].get("transfer_matrix")
+            pairs = [f"{i}->{j}" for t in transfer for i, targets in (t.get("interference") or {}).items() for j in targets]
+            if pairs:
+                row["company_pairs"] = {p: pairs.count(p) for p in sorted(set(pairs))}
         table[sampler] = row
     has_prop = any(r["sampler"] == "proportional" for r in done)
     return {"domains": domains, "reference": "proportional" if has_prop else "mean over samplers", "samplers": table}
@@ -337,6 +342,9 @@ def format_table(result: dict[str, Any]) -> str:
                          f"over {row['seeds']} seeds (p = {vs['p']:.2g})")
         if row.get("hubs") is not None or row.get("islands") is not None:
             notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
+        if row.get("company_pairs"):
+            found = ", ".join(f"{p} in {n}/{row['seeds']}" for p, n in row["company_pairs"].items())
+            notes.append(f"{name}: poor company at the end of the run (forgetting: company): {found} seeds")
     other = sorted(name for name, st in (result.get("runs") or {}).items() if st.get("other_code"))
     if other:
         notes.append(f"reused {len(other)} finished run(s) trained by other mixpretrain code: {', '.join(other)} "

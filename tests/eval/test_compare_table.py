@@ -57,3 +57,14 @@ def test_one_seed_has_no_spread() -> None:
     assert result["samplers"]["uniform"]["mean_normalised_sd"] is None
     assert result["samplers"]["uniform"]["vs_reference"] is None
     assert "- (1)" in format_table(result)
+
+
+def test_poor_company_pairs_are_counted_over_seeds() -> None:
+    """``forgetting: company`` runs: the pairs with C > 0 at the end of each run, counted per sampler row."""
+    runs = [{"name": f"{s}-seed{k}", "sampler": s, "seed": k} for s in ("proportional", "company") for k in (0, 1)]
+    per_run = {f"proportional-seed{k}": summary(1.0, 0.5) for k in (0, 1)}
+    per_run["company-seed0"] = {**summary(0.99, 0.5), "transfer": {"hubs": [], "islands": [], "interference": {"pet": {"ct": 0.05}}}}
+    per_run["company-seed1"] = {**summary(1.0, 0.49), "transfer": {"hubs": [], "islands": [], "interference": {}}}
+    result = build_table(runs, per_run)
+    assert result["samplers"]["company"]["company_pairs"] == {"pet->ct": 1}
+    assert "company: poor company at the end of the run (forgetting: company): pet->ct in 1/2 seeds" in format_table(result)
