@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mixpretrain.samplers import SamplerError, build
+from mixpretrain.train.trainer import state_digest
 
 DOMAINS = ["ct", "mri", "pet"]
 AVAILABLE = [50_000, 25_000, 25_000]  # prior (proportional) shares 0.5 / 0.25 / 0.25
@@ -60,6 +61,7 @@ def test_interference_survives_a_state_round_trip_and_old_states_load() -> None:
     other.load_state_dict(state)
     np.testing.assert_allclose(other.weights(), s.weights())
     np.testing.assert_allclose(other.interference, s.interference)
+    assert state_digest(other.state_dict()) == state_digest(state)  # what the trainer checks on resume
     old = {k: v for k, v in state.items() if k != "interference"}  # saved before this option existed
     other.load_state_dict(old)
     assert not other.interference.any()
