@@ -228,7 +228,7 @@ def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
             last = with_fit[-1]
             out["transfer"] = {k: last.get(k) for k in ("family", "hubs", "islands", "hub_score", "island_score", "transfer_matrix")}
             # forgetting: company: the pairs whose estimate was > 0 at the end of the run ({source: {target: C}})
-            out["transfer"]["interference"] = diags[-1].get("interference") or {}
+            out["transfer"]["interference"] = last.get("interference") or {}
     return out
 
 

@@ -132,15 +132,11 @@ class World:
     def penalty(self, recent: np.ndarray | None) -> np.ndarray | float:
         """Loss multiplier 1 + beta x max(0, 1 - r / r0) + C^T max(0, r - r0) for the recent shares r
         (1 without forgetting or interference)."""
+        from mixpretrain.scaling.allocate import recency_multiplier
+
         if not self.recency or recent is None:
             return 1.0
-        r, r0 = np.asarray(recent, float), self.forget_ref
-        pen = np.ones(len(self.domains))
-        if self.forget_beta is not None:
-            pen = pen + self.forget_beta * np.maximum(0.0, 1.0 - r / r0)
-        if self.interference is not None:
-            pen = pen + self.interference.T @ np.maximum(0.0, r - r0)
-        return pen
+        return recency_multiplier(recent, self.forget_ref, self.forget_beta, self.interference)
 
     def recency_penalty(self) -> dict[str, Any]:
         """The penalty as ``allocate``'s keyword arguments (empty without recency effects)."""

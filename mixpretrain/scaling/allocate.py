@@ -11,9 +11,10 @@ With ``forgetting=(beta, r0)`` each term is multiplied by 1 + beta_j x max(0, 1 
 domain held below its reference share r0_j by a constant mixture loses beta_j of its loss per unit
 of relative shortfall (forgetting, which a law in cumulative counts cannot express; the transfer
 sampler estimates beta online). With ``interference=C`` as well ([K(source i), K(target j)], >= 0)
-term j is also multiplied by ... + sum_{i != j} C_ij x max(0, w_i - r0_i): domain i's share above
-its reference raises j's loss by C_ij per unit of share (poor company: in real island runs ct was
-2.7% worse at the same share when pet took the freed samples than when cells kept them).
+the multiplier of term j gains sum_{i != j} C_ij x max(0, w_i - r0_i): domain i's share above its
+reference raises j's loss by C_ij per unit of share (poor company: in real island runs ct was 2.7%
+worse at the same share when pet took the freed samples than when cells kept them). Both are
+``recency_multiplier``, which the simulated worlds apply to their recent shares.
 
 The law is not convex in w in general (gamma < 1, repetition), so SLSQP (analytic gradient) is
 started from the uniform and proportional mixtures, each feasible vertex direction and random
@@ -128,7 +129,7 @@ def allocate(fit: LawFit, budget: float, importance: Any = None, caps: Any = Non
         L = fit.predict(D)
         g = fit.grad(D)  # [K(source), K(target)]
         short, over = w < r0, w > r0
-        pen = 1.0 + beta * np.where(short, 1.0 - w / r0, 0.0) + C.T @ np.where(over, w - r0, 0.0)
+        pen = recency_multiplier(w, r0, beta, C)
         dpen = np.where(short, -beta / r0, 0.0)  # d pen_j / d w_j
         term = lam * L / ref
         dcross = np.where(over, C @ term, 0.0)  # d/dw_i of sum_j term_j C_ij (w_i - r0_i)
@@ -151,6 +152,19 @@ def allocate(fit: LawFit, budget: float, importance: Any = None, caps: Any = Non
         if val < best_f:
             best_w, best_f = w, val
     return _result(fit, budget, best_w, best_f, lam, ref, prop, f(prop)[0])
+
+
+def recency_multiplier(shares: np.ndarray, r0: np.ndarray, beta: np.ndarray | None = None,
+                       interference: np.ndarray | None = None) -> np.ndarray:
+    """Per-domain loss multiplier 1 + beta_j max(0, 1 - s_j / r0_j) + sum_i C_ij max(0, s_i - r0_i)
+    at shares ``s`` (forgetting and poor company; a term is left out when its argument is None)."""
+    s = np.asarray(shares, dtype=np.float64)
+    pen = np.ones(s.shape[-1])
+    if beta is not None:
+        pen = pen + beta * np.maximum(0.0, 1.0 - s / r0)
+    if interference is not None:
+        pen = pen + np.asarray(interference).T @ np.maximum(0.0, s - r0)
+    return pen
 
 
 def _forgetting(fit: LawFit, forgetting: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:

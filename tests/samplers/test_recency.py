@@ -63,13 +63,16 @@ def test_shrunk_slopes() -> None:
     assert not shrunk_slopes(X[:4], y[:4], z=0.0, min_points=5).any()  # too few points
     noisy = 0.05 * X[:, 0] + 0.2 * rng.standard_normal(200)
     assert shrunk_slopes(X, noisy, z=2.0, min_points=5)[0] == 0.0  # within its standard errors: 0
-    # Autocorrelated residuals widen the standard errors: a slow drift that lines up with a slow
-    # regressor is not evidence.
+    # Autocorrelated residuals widen the standard errors: the same points in a shuffled order give the
+    # same least-squares slope, but in run order their errors wander together and count for less.
     t = np.linspace(0, 1, 200)
-    slow = np.column_stack([np.sin(3 * t)])
-    drift = 0.05 * np.sin(3 * t + 0.3) + 0.001 * rng.standard_normal(200)
-    assert shrunk_slopes(slow, drift, z=2.0, min_points=5, nuisance=np.column_stack([t, t**2]))[0] < \
-        shrunk_slopes(slow, drift, z=0.0, min_points=5, nuisance=np.column_stack([t, t**2]))[0]
+    x = np.column_stack([np.sin(9 * t) + 0.3 * rng.standard_normal(200)])
+    y = 0.05 * x[:, 0] + 0.01 * np.cumsum(rng.standard_normal(200))
+    perm = rng.permutation(200)
+    in_order = shrunk_slopes(x, y, z=2.0, min_points=5)[0]
+    shuffled = shrunk_slopes(x[perm], y[perm], z=2.0, min_points=5)[0]
+    assert shrunk_slopes(x, y, z=0.0, min_points=5)[0] == pytest.approx(shrunk_slopes(x[perm], y[perm], z=0.0, min_points=5)[0])
+    assert in_order < shuffled - 0.02
 
 
 def test_bonferroni_z() -> None:

@@ -10,6 +10,18 @@ import pytest
 from mixpretrain.samplers import simulate
 
 
+def compare_samplers_script():
+    """benchmarks/compare_samplers.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_samplers.py"
+    spec = importlib.util.spec_from_file_location("compare_samplers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_transfer_beats_proportional_in_a_small_world() -> None:
     # 3 domains, skewed data sizes: proportional over-samples the big domain.
     world = simulate.make_world(3, seed=1, k=3)
@@ -57,13 +69,7 @@ def test_misspecified_law_gradient_matches_finite_differences() -> None:
 
 
 def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_samplers.py"
-    spec = importlib.util.spec_from_file_location("compare_samplers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = compare_samplers_script()
     assert mod.main(["--simulated", "--worlds", "1", "--forgetting", "--samplers", "proportional,uniform,oracle",
                      "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -84,9 +90,6 @@ def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None
 def test_interference_worlds(capsys) -> None:
     """``--interference``: the same law and data plus poor company; the oracle prices it in, so no
     mixture (proportional, uniform, the company-blind optimum) scores below it."""
-    import importlib.util
-    from pathlib import Path
-
     from mixpretrain.scaling import allocate
 
     plain, world = simulate.make_world(3, 0), simulate.make_world(3, 0, interference=True)
@@ -107,10 +110,7 @@ def test_interference_worlds(capsys) -> None:
     blind = allocate(world.law, world.budget, floor=0.01).weights
     assert j_orc <= world.objective(world.budget * blind, blind) + 1e-9
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_samplers.py"
-    spec = importlib.util.spec_from_file_location("compare_samplers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = compare_samplers_script()
     assert mod.main(["--simulated", "--worlds", "1", "--interference", "--samplers", "proportional,uniform,oracle",
                      "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
