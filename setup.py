@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "blosc2>=2.6",  # default shard codec: LZ4HC+shuffle decodes ~5x faster than zstd-3, smaller too (RESULTS.md)
     "tqdm>=4.66",  # progress bars
     "matplotlib>=3.8",  # report plots
+    "threadpoolctl>=3.1",  # samplers run their arithmetic on one BLAS thread: same mixture at any thread count
 ]
 
 EXTRAS = {

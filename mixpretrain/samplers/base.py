@@ -8,7 +8,11 @@ training losses (``split="train"``) and after every evaluation with fixed-mask v
 Guarantees every sampler inherits from :meth:`MixtureSampler.weights`: the vector is finite,
 sums to 1 and no entry is below ``floor``. Samplers are deterministic given their seed and the
 observations: randomness is drawn from ``np.random.default_rng([seed, n_observations, tag])``
-so the state holds no opaque RNG object and a restored sampler continues identically.
+so the state holds no opaque RNG object and a restored sampler continues identically. Their
+arithmetic runs on one BLAS thread (``one_blas_thread``), so it does not depend on the thread count
+either: with OpenBLAS's threading a matrix product's last bits depend on how many threads split it,
+and the transfer sampler's decisions (a slope against its bar, a refit against the previous law)
+turned that into different mixtures at OMP_NUM_THREADS=1 and 2 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.linalg  # noqa: F401  (loads scipy's own BLAS now, so the controller below sees it)
+from threadpoolctl import ThreadpoolController
 
 log = logging.getLogger(__name__)
+_BLAS = ThreadpoolController()  # numpy's and scipy's BLAS libraries; limit() costs ~0.01 ms
 
 SPLITS = ("train", "val")
 STATE_VERSION = 1
@@ -32,6 +39,12 @@ COMMON_OPTIONS: dict[str, Any] = {
     "available": None,  # unique samples per domain: {domain: n} or a sequence in domain order
     "floor": None,  # minimum weight per domain; None: min(0.01, 0.5 / K)
 }
+
+
+def one_blas_thread() -> Any:
+    """Context manager: BLAS on one thread inside (restored on exit). A sampler's numbers are then
+    the same whatever OMP_NUM_THREADS is, and its small matrices gain nothing from threads anyway."""
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class SamplerError(ValueError):
@@ -267,7 +280,8 @@ class MixtureSampler:
         if not np.isfinite(consumed_arr).all() or (consumed_arr < 0).any():
             raise SamplerError(f"sampler '{self.name}': consumed must be finite and >= 0, got {consumed_arr.tolist()}")
         loss_vec = self._loss_vector(losses)
-        self._update(int(step), consumed_arr, loss_vec, split)
+        with one_blas_thread():
+            self._update(int(step), consumed_arr, loss_vec, split)
         self.n_obs += 1
         self.last_step = int(step)
 
