@@ -23,12 +23,28 @@ COMMAND_MODULES = (
 )
 
 
+class VersionAction(argparse.Action):
+    """``--version``: the package version and the fingerprint of its source, the pair each run
+    records in run.json under ``code``, so a user can tell whether a run came from this code."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from mixpretrain.provenance import code_record
+
+        record = code_record()
+        print(f"mixpretrain {record['version']} (code fingerprint {record['fingerprint']})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mixpretrain",
         description="3-D medical MAE pretraining with transfer-scaling-law data mixtures.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=VersionAction, help="the version and the code fingerprint (as run.json records them), then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
