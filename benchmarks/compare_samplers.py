@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare mixture samplers.
 
-    python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--json] [--timing]
+    python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--seeds 1] [--jobs 1] [--json] [--timing]
         [--forgetting] [--interference] [--transfer-variants '{"name": {transfer options}, ...}']
 
 ``--simulated``: worlds whose losses follow known laws (random asymmetric transfer, hubs, islands,
@@ -14,7 +14,9 @@ on the "hard" worlds (oracle >= 3% better than proportional), hub/island recover
 share; the oracle includes that penalty). ``--interference``: the same worlds plus poor company
 (a domain's loss rises with another domain's recent share above its proportional share).
 ``--transfer-variants``: extra ``transfer`` rows with
-the given options (e.g. guard settings), side by side with the same baselines.
+the given options (e.g. guard settings), side by side with the same baselines. ``--seeds N``
+pools the worlds of N seeds into one table and prints the hard-world wins per seed and pooled,
+with a 95% interval (one seed has 2-8 hard worlds); ``--jobs`` runs the worlds in parallel.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
@@ -58,20 +60,34 @@ def run_simulated(args: argparse.Namespace) -> int:
     variants = parse_variants(args.transfer_variants)
     if variants:
         samplers += tuple(v for v in variants if v not in samplers)
-    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
-                                    variants=variants, interference=args.interference)
+    seeds = 1 if args.seeds is None else args.seeds
+    try:
+        result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
+                                        variants=variants, interference=args.interference, seeds=seeds,
+                                        jobs=1 if args.jobs is None else args.jobs)
+    except ValueError as exc:
+        raise SystemExit(f"compare_samplers.py --simulated: error: {exc}") from exc
     if args.timing:
         result["refit_timing"] = [simulate.refit_timing(k, rotate=r) for k, r in ((3, False), (10, False), (10, True))]
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
         return 0
-    print(f"# simulated sampler comparison: {args.worlds} worlds, seed {args.seed}"
+    seed_text = f"seed {args.seed}" if seeds == 1 else f"seeds {args.seed}-{args.seed + seeds - 1} pooled"
+    print(f"# simulated sampler comparison: {args.worlds} worlds per seed, {seed_text}"
           f"{', forgetting' if args.forgetting else ''}{', interference' if args.interference else ''}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(simulate.format_table(result["table"]))
     hard = result["hard_worlds"]
     print(f"hard worlds (oracle >= {simulate.HARD_GAIN:.0%} better than proportional): {len(hard)} {hard}")
+    for name, by_seed in result["hard_wins_by_seed"].items():
+        if "all" not in by_seed:
+            continue
+        won, n = by_seed["all"]
+        lo, hi = simulate.wilson_interval(won, n)
+        per_seed = " ".join(f"s{s}:{w}/{k}" for s, (w, k) in by_seed.items() if s != "all")
+        print(f"{name} beats proportional, uniform, ado and odm on {won}/{n} hard worlds ({won / n:.0%}, "
+              f"95% CI {lo:.0%}-{hi:.0%})" + (f"; per seed {per_seed}" if seeds > 1 else ""))
     gains = [w["oracle_gain_vs_proportional"] for w in result["worlds"]]
     print(f"oracle gain vs proportional: mean {sum(gains) / len(gains):.2%}, max {max(gains):.2%}")
     for t in result.get("refit_timing", []):
@@ -103,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--simulated", action="store_true", help="worlds with known laws (fast, CPU)")
     mode.add_argument("--pretrain", action="store_true", help="real pretraining of every sampler (needs --config)")
     parser.add_argument("--config", help="--pretrain: bench config, e.g. configs/bench/cpu_tiny.yaml")
-    parser.add_argument("--seeds", type=int, help="--pretrain: seeds per sampler (default: the config's bench.seeds)")
+    parser.add_argument("--seeds", type=int, help="--pretrain: seeds per sampler (default: the config's bench.seeds); "
+                        "--simulated: pool the benchmarks of seeds --seed .. --seed + N - 1 (default 1)")
     parser.add_argument("--out", help="--pretrain: output folder (default: outputs/bench/<config name>/compare)")
-    parser.add_argument("--jobs", type=int, help="--pretrain: runs trained at the same time (default: the config's bench.jobs, else 1)")
+    parser.add_argument("--jobs", type=int, help="--pretrain: runs trained at the same time (default: the config's bench.jobs, "
+                        "else 1); --simulated: worlds evaluated in parallel processes (default 1; same results)")
     parser.add_argument("--worlds", type=int, default=20, help="number of simulated worlds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world generator")
     parser.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle",

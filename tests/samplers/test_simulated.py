@@ -53,6 +53,34 @@ def test_benchmark_table_for_one_world() -> None:
     json.dumps(result, allow_nan=False)
 
 
+def test_seeds_pool_and_parallel_jobs_give_the_same_worlds() -> None:
+    """--seeds N pools N benchmarks; --jobs only spreads the worlds over processes."""
+    samplers = ("uniform", "proportional", "ado", "odm", "transfer")
+    kwargs = {"samplers": samplers, "intervals": 12, "eval_every": 3, "seeds": 2}
+    serial = simulate.run_benchmark(2, seed=3, **kwargs)
+    parallel = simulate.run_benchmark(2, seed=3, jobs=2, **kwargs)
+    assert [(w["seed"], w["world"]) for w in serial["worlds"]] == [(3, "w00-random"), (3, "w01-hub"),
+                                                                  (4, "w00-random"), (4, "w01-hub")]
+    for a, b in zip(serial["worlds"], parallel["worlds"], strict=True):
+        assert {n: r["objective"] for n, r in a["samplers"].items()} == {n: r["objective"] for n, r in b["samplers"].items()}
+    wins = serial["hard_wins_by_seed"]["transfer"]
+    hard = [w for w in serial["worlds"] if w["oracle_gain_vs_proportional"] >= simulate.HARD_GAIN]
+    assert wins.get("all", [0, 0])[1] == len(hard)
+    assert sum(v[1] for k, v in wins.items() if k != "all") == len(hard)
+
+
+def test_hard_wins_by_seed_and_their_interval() -> None:
+    def world(seed: int, gain: float, transfer: float) -> dict:
+        rows = {"transfer": transfer, "proportional": 1.0, "uniform": 0.99, "ado": 0.98, "odm": 0.97}
+        return {"seed": seed, "oracle_gain_vs_proportional": gain, "samplers": {n: {"objective": v} for n, v in rows.items()}}
+
+    worlds = [world(0, 0.05, 0.96), world(0, 0.05, 0.975), world(1, 0.04, 0.95), world(1, 0.01, 0.90)]
+    assert simulate.hard_wins_by_seed(worlds, "transfer") == {"0": [1, 2], "1": [1, 1], "all": [2, 3]}
+    lo, hi = simulate.wilson_interval(42, 56)
+    assert 0.62 < lo < 0.63 and 0.84 < hi < 0.86  # 75% of 56
+    assert simulate.wilson_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12) and simulate.wilson_interval(5, 5)[1] == pytest.approx(1.0)
+
+
 def test_misspecified_law_gradient_matches_finite_differences() -> None:
     world = simulate.make_world(4, seed=0)  # index 4: the misspecified kind
     assert world.kind == "misspecified"
