@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 
-from . import recency
+from . import harm, recency
 from .base import MixtureSampler, SamplerError, cap_fill, per_domain, project_to_floor, to_jsonable
 from .baselines import parse_temperature, repetition_caps, temperature_mixture
 
@@ -93,9 +93,7 @@ AUTO_FAMILIES = ("power", "linear", "transfer")  # simplest first
 SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
 E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 RESOLVE_NOISE = 3.0  # a domain's fitted loss change must exceed this x its residual to count as evidence
-HARM_MIN_POINTS = 6  # validation points of a domain before the reactive guard judges its curve
 PERSISTENCE = "persistence"  # the naive forecast's key in family_scores
-HARM_MIN_NOISE = 1e-4  # lower bound of the noise estimate (log loss), so a noise-free curve is not judged on rounding
 
 
 class TransferSampler(MixtureSampler):
@@ -557,18 +555,12 @@ class TransferSampler(MixtureSampler):
         return np.isfinite(change) & np.isfinite(noise) & (change > RESOLVE_NOISE * noise)
 
     def _check_harm(self, step: int) -> None:
-        """The reactive guard. Per domain, on the validation points: the smoothed log loss (EMA
-        ``harm_smoothing``), its running minimum, and the noise (robust scale of the second
-        differences of the raw log losses, which a smooth trend does not inflate). A domain that got
-        less than its prior share (``harm_cut: own``: or than its own cumulative share at its minimum)
-        of the samples consumed since its minimum (or recently, ``harm_recent``), and whose newest
-        smoothed loss is more than ``harm_guard`` x noise above that minimum, is flagged: the law in
-        cumulative counts predicted no rise (forgetting: the loss depends on the recent mixture).
-        The evidence must hold at each of the domain's last ``harm_confirm`` validation points (each
-        judged on the history up to it). Its floor becomes ``harm_floor`` x prior for good; flags
-        are logged and in diagnostics."""
+        """The reactive guard: flag every domain whose validation curve shows a rise after a cut
+        (``harm.rise_after_cut``) at each of its last ``harm_confirm`` validation points (each judged
+        on the history up to it). A flagged domain's floor becomes ``harm_floor`` x prior for good;
+        flags are logged and in diagnostics."""
         pts = [p for p in self.points if p["split"] == "val"]
-        if len(pts) < HARM_MIN_POINTS:
+        if len(pts) < harm.MIN_POINTS:
             return
         D = np.asarray([p["D"] for p in pts], dtype=np.float64)
         with np.errstate(all="ignore"):
@@ -597,42 +589,12 @@ class TransferSampler(MixtureSampler):
 
     def _harm_evidence(self, j: int, D: np.ndarray, logL: np.ndarray, idx: np.ndarray,
                        pts: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """The reactive guard's evidence for domain j on its validation points ``idx`` (a rise
-        after a cut, see _check_harm), or None."""
-        if idx.size < HARM_MIN_POINTS:
-            return None
-        x = logL[idx]
-        smooth = np.empty_like(x)
-        smooth[0] = x[0]
-        for t in range(1, x.size):
-            smooth[t] = (1 - self.harm_smoothing) * smooth[t - 1] + self.harm_smoothing * x[t]
-        d2 = x[2:] - 2 * x[1:-1] + x[:-2]
-        noise = max(float(np.median(np.abs(d2)) / (0.6745 * np.sqrt(6.0))), HARM_MIN_NOISE)  # sigma of one point
-        best = int(np.argmin(smooth))
-        rise = float(smooth[-1] - smooth[best])
-        # A rise must be beyond the noise *and* material: in real runs a flat domain with tiny
-        # noise (cells: 0.1% per point) was flagged after a 0.5-1% rise and then held at its full
-        # prior share (56% of the data in the island world), which cost far more than the rise.
-        if rise <= max(self.harm_guard * noise, self.harm_min_rise):
-            return None
-        since = D[idx[-1]] - D[idx[best]]
-        share = float(since[j] / since.sum()) if since.sum() > 0 else np.nan
-        cut_below = self.prior_w[j]
-        if self.harm_cut == "own":
-            # H100 gpu_small seed 2: pet fell from 0.5-0.8 of the samples to 0.01 and its loss rose 25%,
-            # but its recent share stayed above its prior (0.10) until the rise no longer cleared the
-            # noise; judged against its own share at its best point it is flagged at once.
-            cut_below = max(cut_below, float(D[idx[best], j] / D[idx[best]].sum()))
-        # harm_recent: a catch-up burst right after the best point can lift the share since then
-        # above the prior while the domain has been starved since (H100 gpu_small, pet: 0.72 of
-        # the samples for 20 steps, then 0.01 for 80 steps, loss +25%).
-        recent = pts[idx[-1]].get("R")
-        starved = self.harm_recent and recent is not None and recent[j] < cut_below
-        if not (share < cut_below or starved):
-            return None  # not cut: a rise while the domain kept its share is not the sampler's doing
-        return {"rise": rise, "noise": noise, "share_since_best": share, "cut_below": cut_below,
-                "recent_share": None if recent is None else float(recent[j]),
-                "prior": float(self.prior_w[j]), "best_step": int(pts[idx[best]]["step"])}
+        """The reactive guard's evidence for domain j on its validation points ``idx`` (``harm.rise_after_cut``)."""
+        rule = harm.HarmRule(guard=self.harm_guard, smoothing=self.harm_smoothing, min_rise=self.harm_min_rise,
+                             cut=self.harm_cut, recent=self.harm_recent)
+        steps = np.asarray([pts[i]["step"] for i in idx])
+        return harm.rise_after_cut(j, logL[idx], D[idx], pts[idx[-1]].get("R") if idx.size else None, steps,
+                                   self.prior_w, rule)
 
     def _target_floors(self) -> np.ndarray:
         """Floors of the target (cumulative) allocation. With ``harm_catchup`` (default) a harmed
