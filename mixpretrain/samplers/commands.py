@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "(same as benchmarks/compare_samplers.py --simulated)")
     sim.add_argument("--worlds", type=int, default=20)
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seeds", type=int, default=1, help="pool the worlds of seeds --seed .. --seed + N - 1")
+    sim.add_argument("--jobs", type=int, default=1, help="worlds evaluated in parallel processes (same results)")
     sim.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle")
     sim.add_argument("--json", action="store_true", help="print the full result as JSON")
     sim.set_defaults(func=_simulate)
@@ -52,11 +54,17 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.worlds < 1:
         raise ValueError(f"--worlds must be >= 1, got {args.worlds}")
-    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=tuple(s for s in args.samplers.split(",") if s))
+    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=tuple(s for s in args.samplers.split(",") if s),
+                                    seeds=args.seeds, jobs=args.jobs)
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
     else:
         print(simulate.format_table(result["table"]))
         print(f"hard worlds: {result['hard_worlds']}; {result['seconds']:.1f} s")
+        for name, by_seed in result["hard_wins_by_seed"].items():
+            if "all" in by_seed:
+                won, n = by_seed["all"]
+                lo, hi = simulate.wilson_interval(won, n)
+                print(f"{name}: beats the baselines on {won}/{n} hard worlds (95% CI {lo:.0%}-{hi:.0%})")
     return 0

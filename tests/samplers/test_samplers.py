@@ -260,6 +260,8 @@ def test_cli_lists_samplers_and_rejects_unknown(capsys) -> None:
     assert "explore_fraction" in listed["samplers"]["transfer"]["options"]
     assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "bogus"]) == 2
     assert "unknown sampler 'bogus'" in capsys.readouterr().err
+    assert main(["samplers", "simulate", "--worlds", "1", "--seeds", "0"]) == 2
+    assert "seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_transfer_family_options() -> None:
