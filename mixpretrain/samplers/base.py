@@ -346,7 +346,8 @@ class MixtureSampler:
             elif isinstance(current, float):
                 value = float("nan") if value is None else float(value)
             setattr(self, key, value)
-        self._after_load()
+        with one_blas_thread():  # ado refits its laws here: the same numbers as in observe
+            self._after_load()
 
     def _after_load(self) -> None:
         """Subclasses: rebuild derived objects (e.g. a fitted law) from the restored fields."""
