@@ -65,6 +65,13 @@ domain are regressed on its shortfall max(0, 1 - recent share / prior share), an
 ``forget_z`` standard errors, is that domain's beta. The optimum then minimises the objective with
 each term x (1 + beta x shortfall at a constant mixture) (``scaling.allocate(..., forgetting=...)``).
 
+Probes (``probe`` > 0, opt-in): the family choice rests on one-step forecasts along the steered
+trajectory, where the families agree within the noise even when their optima differ by half the
+budget (simulated hub worlds). Where they disagree like that, the next few observations tilt toward
+the disputed domain, so the points that tell the laws apart exist. Simulated hard worlds won:
+75% -> 81% over seeds 0-17; real cpu_tiny runs lost 0.44% (their losses depend on the recent
+mixture, which a detour costs), hence opt-in (benchmarks/RESULTS.md).
+
 Poor company (``forgetting: company``, opt-in): real island runs showed a domain's loss depending on
 what else the batch holds (ct 2.7% worse at the same share when pet took the freed samples rather
 than cells). Each domain's log residuals are then also regressed on every other domain's recent
@@ -152,10 +159,17 @@ class TransferSampler(MixtureSampler):
         "forgetting": "fit",  # fit | company (also cross-domain interference) | off
         "forget_scale": 0.1,  # time constant of the recent-share EMA, as a share of total_budget
         "forget_z": 2.0,  # beta is the estimate minus this many standard errors (0 unless the evidence is clear)
+        # Probes (opt-in): where another family's optimum wants a domain much more than the chosen law's
+        # and their forecasts cannot be told apart, tilt the next observations toward that domain.
+        "probe": 0.0,  # weight moved onto the disputed domain during a probe; 0 = off (default)
+        "probe_obs": 6,  # observations a probe lasts
+        "probe_until": 0.6,  # no probe starts after this share of total_budget
+        "probe_gap": 0.3,  # a probe needs another family's optimum to give a domain this much more weight
         "trust": "always",  # skill: the target follows the law's optimum only while the law forecasts better than persistence (measured: not better, see docs)
     }
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
-                    "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta", "interference")
+                    "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta", "interference",
+                    "probe_domain", "probe_left")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -193,6 +207,8 @@ class TransferSampler(MixtureSampler):
         self.recent_at = np.zeros(self.k)
         self.beta = np.zeros(self.k)
         self.interference = np.zeros((self.k, self.k))  # C[i, j]: j's loss per unit of i's recent excess share
+        self.probe_domain = -1  # probes (opt-in): the domain being probed (-1: none) and observations left
+        self.probe_left = 0
 
     def _read_options(self) -> None:
         o = self.options
@@ -263,6 +279,10 @@ class TransferSampler(MixtureSampler):
         if o["trust"] not in ("skill", "always"):
             raise SamplerError(f"sampler 'transfer' option 'trust': expected skill or always, got {o['trust']!r}")
         self.trust = o["trust"]
+        self.probe = self._opt_float("probe", 0.0, 1.0)
+        self.probe_obs = self._opt_int("probe_obs", 1)
+        self.probe_until = self._opt_float("probe_until", 0.0, 1.0)
+        self.probe_gap = self._opt_float("probe_gap", 0.0, 1.0)
         if not isinstance(o["fit_options"], dict):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
@@ -478,12 +498,42 @@ class TransferSampler(MixtureSampler):
             info["untrusted"] = True
             info["law_optimum"] = optimum.tolist()
             optimum = self.prior_w.copy()
+        if self.probe > 0:
+            self._plan_probe(optimum, info)
         optimum = self._guard(optimum, info)
         moved = (1 - self.smoothing) * self.target + self.smoothing * optimum
         step = np.clip(moved - self.target, -self.max_change, self.max_change)
         self.target = project_to_floors(cap_fill(project_to_floor(self.target + step, 0.0), self.caps),
                                         self._target_floors())
         info["optimum"] = optimum.tolist()
+
+    def _plan_probe(self, optimum: np.ndarray, info: dict[str, Any]) -> None:
+        """Probes (``probe`` > 0): if another fitted family, forecasting within 2 x ``select_tol`` of
+        the best, puts at least ``probe_gap`` more weight on some domain than the optimum in use,
+        the next ``probe_obs`` observations move ``probe`` of the weight onto that domain. Why: in the
+        simulated hub worlds the families' one-step forecasts agree within the noise along a
+        steered trajectory, yet their optima differ by 0.3-0.9 in the hub's weight; a probe makes
+        the points where they disagree. Cumulative laws forgive the detour (the steering catches up);
+        real runs, whose losses depend on the recent mixture, do not (benchmarks/RESULTS.md)."""
+        consumed = np.asarray(self.points[-1]["D"]).sum() if self.points else 0.0
+        if consumed > self.probe_until * self.budget or self.probe_left > 0:
+            return
+
+        best = min(self.family_scores.get(f, np.inf) for f in self._laws)
+        gap, dom = 0.0, -1
+        for fam, law in self._laws.items():
+            if fam == self.chosen or self.family_scores.get(fam, np.inf) > best * (1 + 2 * self.select_tol):
+                continue
+            try:
+                other = self._optimum(law)
+            except (ValueError, RuntimeError):
+                continue
+            d = other - optimum
+            if d.max() > gap:
+                gap, dom = float(d.max()), int(np.argmax(d))
+        if gap >= self.probe_gap:
+            self.probe_domain, self.probe_left = dom, self.probe_obs
+            info["probe"] = {"domain": self.domains[dom], "gap": gap}
 
     def _has_skill(self) -> bool:
         """The law in use forecast the newest points better than persistence (EMA scores); False
@@ -697,6 +747,10 @@ class TransferSampler(MixtureSampler):
         if self.dither > 0:
             z = self._rng(1).standard_normal(self.k)
             steer = steer * np.exp(self.dither * z)
+        if self.probe_left > 0 and self.probe_domain >= 0:
+            self.probe_left -= 1
+            steer = project_to_floor(steer, 0.0) * (1 - self.probe)
+            steer[self.probe_domain] += self.probe
         return project_to_floors(steer, self.floors)
 
     def _recency_shown(self) -> bool:
@@ -727,6 +781,8 @@ class TransferSampler(MixtureSampler):
                      "beta": [0.0] * self.k}
         if "interference" not in state:  # a state saved before forgetting: company
             state = {**state, "interference": np.zeros((self.k, self.k)).tolist()}
+        if "probe_left" not in state:  # a state saved before probes: none running
+            state = {**state, "probe_domain": -1, "probe_left": 0}
         super().load_state_dict(state)
 
     def _after_load(self) -> None:
@@ -762,6 +818,7 @@ class TransferSampler(MixtureSampler):
             "interference": {self.domains[i]: {self.domains[j]: float(self.interference[i, j])
                                                for j in range(self.k) if self.interference[i, j] > 0}
                              for i in range(self.k) if (self.interference[i] > 0).any()},
+            "probe": {"domain": self.domains[self.probe_domain] if self.probe_left > 0 else None, "left": self.probe_left},
             "cooldown_prior": self._cooldown_prior_share(),  # share of the prior the cooldown would mix in now
             "counters": dict(self.counters),
             "last_refit": to_jsonable({**self.last_refit, "seconds": self.refit_seconds}) if self.last_refit else {},
