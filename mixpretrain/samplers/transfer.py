@@ -270,6 +270,8 @@ class TransferSampler(MixtureSampler):
         if o["harm_cut"] not in ("prior", "own"):
             raise SamplerError(f"sampler 'transfer' option 'harm_cut': expected prior or own, got {o['harm_cut']!r}")
         self.harm_cut = o["harm_cut"]
+        self.harm_rule = harm.HarmRule(guard=self.harm_guard, smoothing=self.harm_smoothing, min_rise=self.harm_min_rise,
+                                       cut=self.harm_cut, recent=self.harm_recent)
         if o["forgetting"] not in ("fit", "company", "off"):
             raise SamplerError("sampler 'transfer' option 'forgetting': expected fit, company or off, "
                                f"got {o['forgetting']!r}")
@@ -518,7 +520,7 @@ class TransferSampler(MixtureSampler):
         consumed = np.asarray(self.points[-1]["D"]).sum() if self.points else 0.0
         if consumed > self.probe_until * self.budget or self.probe_left > 0:
             return
-
+        # Before any family has been scored (the first refit), every fitted family counts as tied.
         best = min(self.family_scores.get(f, np.inf) for f in self._laws)
         gap, dom = 0.0, -1
         for fam, law in self._laws.items():
@@ -640,11 +642,9 @@ class TransferSampler(MixtureSampler):
     def _harm_evidence(self, j: int, D: np.ndarray, logL: np.ndarray, idx: np.ndarray,
                        pts: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The reactive guard's evidence for domain j on its validation points ``idx`` (``harm.rise_after_cut``)."""
-        rule = harm.HarmRule(guard=self.harm_guard, smoothing=self.harm_smoothing, min_rise=self.harm_min_rise,
-                             cut=self.harm_cut, recent=self.harm_recent)
         steps = np.asarray([pts[i]["step"] for i in idx])
         return harm.rise_after_cut(j, logL[idx], D[idx], pts[idx[-1]].get("R") if idx.size else None, steps,
-                                   self.prior_w, rule)
+                                   self.prior_w, self.harm_rule)
 
     def _target_floors(self) -> np.ndarray:
         """Floors of the target (cumulative) allocation. With ``harm_catchup`` (default) a harmed

@@ -96,16 +96,23 @@ def test_misspecified_law_gradient_matches_finite_differences() -> None:
         assert np.allclose(g[i], fd, rtol=1e-4, atol=1e-12)
 
 
+def one_world_from_the_command_line(capsys, flag: str) -> tuple[dict, dict]:
+    """compare_samplers.py --simulated --worlds 1 FLAG --json: (result, its one world); the oracle row
+    scores 0 against itself, and no sampler scores below the oracle."""
+    mod = compare_samplers_script()
+    assert mod.main(["--simulated", "--worlds", "1", flag, "--samplers", "proportional,uniform,oracle", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"][flag.lstrip("-")] is True
+    world = result["worlds"][0]
+    assert world["samplers"]["oracle"]["gap_to_oracle"] == pytest.approx(0.0, abs=1e-9)
+    assert min(world["samplers"][s]["gap_to_oracle"] for s in ("proportional", "uniform")) >= -1e-9
+    return result, world
+
+
 def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None:
     mod = compare_samplers_script()
-    assert mod.main(["--simulated", "--worlds", "1", "--forgetting", "--samplers", "proportional,uniform,oracle",
-                     "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["settings"]["forgetting"] is True
-    world = result["worlds"][0]
+    _, world = one_world_from_the_command_line(capsys, "--forgetting")
     assert world["world"].endswith("-forget") and any(b > 0 for b in world["forget_beta"])
-    assert world["samplers"]["oracle"]["gap_to_oracle"] == pytest.approx(0.0, abs=1e-9)
-    assert world["samplers"]["proportional"]["gap_to_oracle"] >= -1e-9
     with pytest.raises(SystemExit, match="transfer-variants"):
         mod.main(["--simulated", "--worlds", "1", "--transfer-variants", "[1, 2]"])
     # A variant is a transfer row with its own options; the base world list is unchanged.
@@ -138,12 +145,5 @@ def test_interference_worlds(capsys) -> None:
     blind = allocate(world.law, world.budget, floor=0.01).weights
     assert j_orc <= world.objective(world.budget * blind, blind) + 1e-9
 
-    mod = compare_samplers_script()
-    assert mod.main(["--simulated", "--worlds", "1", "--interference", "--samplers", "proportional,uniform,oracle",
-                     "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["settings"]["interference"] is True
-    row = result["worlds"][0]
+    _, row = one_world_from_the_command_line(capsys, "--interference")
     assert row["world"].endswith("-company") and row["interference"] is not None
-    assert row["samplers"]["oracle"]["gap_to_oracle"] == pytest.approx(0.0, abs=1e-9)
-    assert min(row["samplers"][s]["gap_to_oracle"] for s in ("proportional", "uniform")) >= -1e-9
