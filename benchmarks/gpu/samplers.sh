@@ -4,7 +4,9 @@
 #   run(command="bash benchmarks/gpu/samplers.sh", carry=[".whl"], timeout_s=600)
 # 4 samplers x 4 seeds (16 runs, 4 at a time: about 7 minutes on an H100 at stop 16); the runs stay
 # on the machine, the table, its JSON and the plots come back in $OUT (the device tool's folder).
-# Knobs: SAMPLERS, SEEDS, VARIANTS (--transfer-variants JSON), CONFIG, RUNS (where runs are written).
+# Knobs: SAMPLERS, SEEDS, VARIANTS (--transfer-variants JSON), CONFIG, RUNS (where runs are written),
+# LIMIT (seconds for the comparison, default 540: under the tool's 600 so the copies below still run;
+# a comparison cut short leaves no table, but every finished run's metrics come back in $OUT/runs).
 # A dry run on a CPU machine: DEVICE=cpu CONFIG=configs/bench/cpu_tiny.yaml SEEDS=1 SAMPLERS=proportional,transfer
 set -u
 export PYTHONUNBUFFERED=1
@@ -20,7 +22,16 @@ source benchmarks/gpu/env.sh
 args=(--pretrain --config "$CONFIG" --samplers "$SAMPLERS" --seeds "$SEEDS" --out "$RUNS")
 if [ -n "${VARIANTS:-}" ]; then args+=(--transfer-variants "$VARIANTS"); fi
 # Two threads per trainer (as on the H100 at stop 16): 4 trainers and their loaders share the 16 cores.
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} $PY benchmarks/compare_samplers.py "${args[@]}" 2>&1 | tee "$OUT/compare.log" | tail -n 60
+if [ "${DEVICE:-cuda}" = cuda ]; then  # GPU use and memory every 20 s, to show the GPU was kept busy
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 >"$OUT/nvidia-smi.csv" &
+fi
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "${LIMIT:-540}" "$PY" benchmarks/compare_samplers.py "${args[@]}" 2>&1 | tee "$OUT/compare.log" | tail -n 60
 for f in comparison.md comparison.json loss_curves.png weights.png; do
   cp "$RUNS/$f" "$OUT/" 2>/dev/null || echo "samplers.sh: $RUNS/$f was not written"
 done
+# Each run's logs (not its checkpoints): enough to rebuild the table here if the comparison was cut.
+for d in "$RUNS"/runs/*/; do
+  mkdir -p "$OUT/runs/$(basename "$d")"
+  cp "$d"run.json "$d"metrics.jsonl "$d"sampler.jsonl "$OUT/runs/$(basename "$d")/" 2>/dev/null
+done
+kill %1 2>/dev/null || true
