@@ -2,11 +2,11 @@
 # One lent-GPU call: issue 7's sampler rows on configs/bench/gpu_small.yaml, run from the repo root
 # on the device machine after `make wheels` here:
 #   run(command="bash benchmarks/gpu/samplers.sh", carry=[".whl"], timeout_s=600)
-# 4 samplers x 4 seeds (16 runs, 4 at a time: about 7 minutes on an H100 at stop 16); the runs stay
+# 4 samplers x 4 seeds (16 runs, 4 at a time: 15 runs took 283 s on an H100 at stop 20); the runs stay
 # on the machine, the table, its JSON and the plots come back in $OUT (the device tool's folder).
 # Knobs: SAMPLERS, SEEDS, VARIANTS (--transfer-variants JSON), CONFIG, RUNS (where runs are written),
 # LIMIT (seconds for the comparison, default 540: under the tool's 600 so the copies below still run;
-# a comparison cut short leaves no table, but every finished run's metrics come back in $OUT/runs).
+# a comparison cut short leaves no table, but every run's logs come back in $OUT/runs.tgz).
 # A dry run on a CPU machine: DEVICE=cpu CONFIG=configs/bench/cpu_tiny.yaml SEEDS=1 SAMPLERS=proportional,transfer
 set -u
 export PYTHONUNBUFFERED=1
@@ -29,9 +29,8 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "${LIMIT:-540}" "$PY" benchmarks/c
 for f in comparison.md comparison.json loss_curves.png weights.png; do
   cp "$RUNS/$f" "$OUT/" 2>/dev/null || echo "samplers.sh: $RUNS/$f was not written"
 done
-# Each run's logs (not its checkpoints): enough to rebuild the table here if the comparison was cut.
-for d in "$RUNS"/runs/*/; do
-  mkdir -p "$OUT/runs/$(basename "$d")"
-  cp "$d"run.json "$d"metrics.jsonl "$d"sampler.jsonl "$OUT/runs/$(basename "$d")/" 2>/dev/null
-done
+# Each run's logs (not its checkpoints) in one archive, since the tool brings back a limited number
+# of files: enough to rebuild or diagnose the table here (tar xzf runs.tgz), even after a cut.
+(cd "$RUNS" && tar czf - runs/*/run.json runs/*/metrics.jsonl runs/*/sampler.jsonl configs logs) >"$OUT/runs.tgz" ||
+  echo "samplers.sh: could not archive the run logs of $RUNS"
 kill %1 2>/dev/null || true
