@@ -2,7 +2,7 @@
 """Compare mixture samplers.
 
     python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--seeds 1] [--jobs 1] [--json] [--timing]
-        [--forgetting] [--interference] [--transfer-variants '{"name": {transfer options}, ...}']
+        [--forgetting] [--interference] [--plateau] [--transfer-variants '{"name": {transfer options}, ...}']
 
 ``--simulated``: worlds whose losses follow known laws (random asymmetric transfer, hubs, islands,
 skewed data sizes, a misspecified family, noise); every sampler gets the same budget and
@@ -13,6 +13,8 @@ on the "hard" worlds (oracle >= 3% better than proportional), hub/island recover
 ``--forgetting``: the same worlds plus forgetting (a starved domain's loss rises with its recent
 share; the oracle includes that penalty). ``--interference``: the same worlds plus poor company
 (a domain's loss rises with another domain's recent share above its proportional share).
+``--plateau``: the same worlds plus plateaus (a domain's loss stalls until it has seen enough of
+its own data, then drops, as mri's did in the H100 runs; the oracle knows the plateau).
 ``--transfer-variants``: extra ``transfer`` rows with
 the given options (e.g. guard settings), side by side with the same baselines. ``--seeds N``
 pools the worlds of N seeds into one table and prints the hard-world wins per seed and pooled,
@@ -64,6 +66,7 @@ def run_simulated(args: argparse.Namespace) -> int:
     try:
         result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
                                         variants=variants, interference=args.interference, seeds=seeds,
+                                        plateau=args.plateau,
                                         jobs=1 if args.jobs is None else args.jobs)
     except ValueError as exc:
         raise SystemExit(f"compare_samplers.py --simulated: error: {exc}") from exc
@@ -75,7 +78,8 @@ def run_simulated(args: argparse.Namespace) -> int:
         return 0
     seed_text = f"seed {args.seed}" if seeds == 1 else f"seeds {args.seed}-{args.seed + seeds - 1} pooled"
     print(f"# simulated sampler comparison: {args.worlds} worlds per seed, {seed_text}"
-          f"{', forgetting' if args.forgetting else ''}{', interference' if args.interference else ''}, "
+          f"{', forgetting' if args.forgetting else ''}{', interference' if args.interference else ''}"
+          f"{', plateaus' if args.plateau else ''}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(simulate.format_table(result["table"]))
     hard = result["hard_worlds"]
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--simulated: the same worlds plus forgetting (loss rises with a low recent share)")
     parser.add_argument("--interference", action="store_true",
                         help="--simulated: the same worlds plus poor company (loss rises with another domain's recent share)")
+    parser.add_argument("--plateau", action="store_true",
+                        help="--simulated: the same worlds plus plateaus (a domain's loss stalls until it has seen enough of its own data)")
     parser.add_argument("--transfer-variants",
                         help="JSON {row name: transfer options}: extra transfer rows (--simulated and --pretrain)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")

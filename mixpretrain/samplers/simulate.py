@@ -31,6 +31,15 @@ took the freed samples than when cells kept them. The loss of domain j is L_j(D)
 C_ij x max(0, r_i - r0_i)) for a sparse C (each ordered pair with probability 1/K, at least one,
 C_ij in [0.05, 0.3]); the oracle uses ``allocate(..., interference=C)``. Without forgetting unless
 both are asked for.
+
+Plateaus (opt-in: ``plateau=True``): the same world, but about half of the domains (at least one)
+sit on a plateau until they have seen enough of their own data, then drop. Real H100 runs showed
+it (gpu_small, mri): every fixed mixture's mri loss stalled near 0.93 and dropped to 0.84 once mri
+had seen about 1000 samples; transfer read the stall as convergence, starved mri and left it on
+the plateau (1.10 x proportional's loss at the end). The loss of domain j is L_j(D) x (1 + h_j /
+(1 + (D_j / d0_j)^4)) with D_j its own consumption, h_j in [0.05, 0.15] and d0_j = c_j x r0_j x B,
+c_j in [0.2, 0.5]: at the proportional mixture the drop comes 20-50% into the run. No law family
+of the samplers has this shape; the oracle (``allocate`` on the true law, multi-start) does.
 """
 
 from __future__ import annotations
@@ -93,6 +102,51 @@ class MisspecifiedLaw:
         dL_dx = -p["alpha"] * p["A"] * x ** (-p["alpha"] - 1.0)
         dx = p["T"] / (1.0 + De / self.scale)[..., :, None] + np.eye(len(self.domains))
         return dx * dL_dx[..., None, :] * dDe[..., :, None]
+
+    def effective_transfer(self, D: Any) -> np.ndarray:
+        g = self.grad(D)
+        own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
+        return np.where(own != 0, g / np.where(own != 0, own, 1.0), 0.0)
+
+
+class PlateauLaw:
+    """A world's law times a plateau in each domain's own consumption: L_j(D) x (1 + h_j s_j(D_j)),
+    s_j(x) = 1 / (1 + (x / d0_j)^k), a step from 1 (x << d0_j) to 0 (x >> d0_j). h_j = 0: no
+    plateau. Offers the parts of the LawFit interface that ``allocate`` and ``hubs_and_islands`` use."""
+
+    family = "plateau"
+
+    def __init__(self, base: Any, height: np.ndarray, d0: np.ndarray, sharpness: float = 4.0) -> None:
+        self.base = base
+        self.domains = base.domains
+        self.params = base.params
+        self.unique = getattr(base, "unique", None)
+        self.height = np.asarray(height, float)
+        self.d0 = np.asarray(d0, float)
+        self.sharpness = float(sharpness)
+
+    @property
+    def transfer_matrix(self) -> np.ndarray:
+        return self.base.transfer_matrix
+
+    def _step(self, D: Any) -> tuple[np.ndarray, np.ndarray]:
+        """s(D_j) and ds/dD_j per domain."""
+        x = np.clip(np.asarray(D, float), 0.0, None) / self.d0
+        xk = x ** self.sharpness
+        s = 1.0 / (1.0 + xk)
+        ds = -self.sharpness * xk / np.where(x > 0, x, 1.0) / self.d0 * s * s
+        return s, ds
+
+    def predict(self, D: Any) -> np.ndarray:
+        return self.base.predict(D) * (1.0 + self.height * self._step(D)[0])
+
+    def grad(self, D: Any) -> np.ndarray:
+        """[..., i (source), j (target)]: d L_j / d D_i."""
+        s, ds = self._step(D)
+        g = self.base.grad(D) * (1.0 + self.height * s)[..., None, :]
+        own = self.base.predict(D) * self.height * ds
+        k = len(self.domains)
+        return g + np.eye(k) * own[..., None, :]
 
     def effective_transfer(self, D: Any) -> np.ndarray:
         g = self.grad(D)
@@ -174,11 +228,11 @@ class World:
 
 
 def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 2.0e5,
-               forgetting: bool = False, interference: bool = False) -> World:
+               forgetting: bool = False, interference: bool = False, plateau: bool = False) -> World:
     """World number ``index`` of a benchmark seeded by ``seed``; kinds cycle through WORLD_KINDS.
-    ``forgetting`` / ``interference``: the same world (same law, data, noise) plus forgetting or
-    poor company, each drawn from its own random stream so the world without it is unchanged (see
-    the module docstring)."""
+    ``forgetting`` / ``interference`` / ``plateau``: the same world (same law, data, noise) plus
+    forgetting, poor company or plateaus, each drawn from its own random stream so the world
+    without it is unchanged (see the module docstring)."""
     from mixpretrain.scaling import LawFit
 
     rng = np.random.default_rng([seed, index, 11])
@@ -235,7 +289,17 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
             pairs[i, j] = True
         C = np.where(pairs, crng.uniform(0.05, 0.3, (k, k)), 0.0)
         info["interference"] = C.tolist()
-    name = f"w{index:02d}-{kind}" + ("-forget" if forgetting else "") + ("-company" if interference else "")
+    if plateau:
+        prng = np.random.default_rng([seed, index, 19])
+        on = prng.random(k) < 0.5
+        if not on.any():
+            on[int(prng.integers(k))] = True
+        height = np.where(on, prng.uniform(0.05, 0.15, k), 0.0)
+        d0 = prng.uniform(0.2, 0.5, k) * budget * available / available.sum()
+        law = PlateauLaw(law, height, d0)
+        info["plateau_height"], info["plateau_d0"] = height.tolist(), d0.tolist()
+    name = (f"w{index:02d}-{kind}" + ("-forget" if forgetting else "") + ("-company" if interference else "")
+            + ("-plateau" if plateau else ""))
     return World(name=name, kind=kind, domains=domains, law=law,
                  available=available, budget=budget, max_epochs=max_epochs, noise=noise, train_noise=2 * noise,
                  transient=transient, seed=seed * 1000 + index, info=info, forget_beta=beta, interference=C)
@@ -368,6 +432,7 @@ def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, f
     return {"world": world.name, "kind": world.kind, "k": len(world.domains), "noise": world.noise,
             "forget_beta": None if world.forget_beta is None else world.forget_beta.tolist(),
             "interference": None if world.interference is None else world.interference.tolist(),
+            "plateau_height": world.info.get("plateau_height"),
             "oracle_weights": orc.weights.tolist(), "oracle_objective": j_oracle,
             "oracle_gain_vs_proportional": 1.0 - j_oracle / j_prop, "samplers": results}
 
@@ -407,9 +472,9 @@ def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[s
 def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] = DEFAULT_SAMPLERS,
                   floor: float = 0.01, intervals: int = 60, eval_every: int = 3, forgetting: bool = False,
                   variants: dict[str, dict[str, Any]] | None = None, interference: bool = False,
-                  seeds: int = 1, jobs: int = 1) -> dict[str, Any]:
-    """``forgetting`` / ``interference``: the same worlds plus forgetting or poor company (module
-    docstring). ``variants``: extra ``transfer`` rows {name: options}; list their names in
+                  seeds: int = 1, jobs: int = 1, plateau: bool = False) -> dict[str, Any]:
+    """``forgetting`` / ``interference`` / ``plateau``: the same worlds plus forgetting, poor company
+    or plateaus (module docstring). ``variants``: extra ``transfer`` rows {name: options}; list their names in
     ``samplers`` too. ``seeds``: the benchmarks of seeds ``seed`` .. ``seed + seeds - 1`` pooled
     (``n_worlds`` each): a hard-world count of one seed is 2-8 worlds, too few to judge a rate by.
     ``jobs``: worlds evaluated in that many processes (the results do not depend on it)."""
@@ -417,7 +482,7 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
         if value < 1:
             raise ValueError(f"simulated benchmark: {name} must be >= 1, got {value}")
     t0 = time.perf_counter()
-    tasks = [(i, s, samplers, floor, intervals, eval_every, forgetting, interference, variants)
+    tasks = [(i, s, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants)
              for s in range(seed, seed + seeds) for i in range(n_worlds)]
     if jobs > 1:
         import multiprocessing
@@ -435,7 +500,7 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
     return to_jsonable({
         "settings": {"worlds": n_worlds, "seed": seed, "seeds": seeds, "floor": floor, "intervals": intervals,
                      "eval_every": eval_every, "hard_gain": HARD_GAIN, "forgetting": forgetting,
-                     "interference": interference, "variants": variants or {}},
+                     "interference": interference, "plateau": plateau, "variants": variants or {}},
         "table": summarise(worlds, samplers),
         "hard_worlds": [w["world"] if seeds == 1 else f"s{w['seed']}-{w['world']}" for w in hard],
         "hard_wins_by_seed": {name: hard_wins_by_seed(worlds, name) for name in samplers
@@ -447,8 +512,8 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
 
 def _evaluate_task(task: tuple) -> dict[str, Any]:
     """One world of ``run_benchmark`` (a top-level function, so worker processes can run it)."""
-    index, seed, samplers, floor, intervals, eval_every, forgetting, interference, variants = task
-    world = make_world(index, seed, forgetting=forgetting, interference=interference)
+    index, seed, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants = task
+    world = make_world(index, seed, forgetting=forgetting, interference=interference, plateau=plateau)
     return {**evaluate_world(world, samplers, floor, intervals, eval_every, variants), "seed": seed}
 
 

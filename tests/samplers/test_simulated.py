@@ -147,3 +147,31 @@ def test_interference_worlds(capsys) -> None:
 
     _, row = one_world_from_the_command_line(capsys, "--interference")
     assert row["world"].endswith("-company") and row["interference"] is not None
+
+
+def test_plateau_worlds(capsys) -> None:
+    """``--plateau``: the same law and data, with domains that stall until they have seen d0 of their
+    own data; the gradient the oracle follows is the true one, and the oracle, which knows the
+    plateau, is no worse than the plateau-blind optimum."""
+    from mixpretrain.scaling import allocate
+
+    plain, world = simulate.make_world(2, 0), simulate.make_world(2, 0, plateau=True)
+    assert world.name == plain.name + "-plateau"
+    np.testing.assert_array_equal(world.available, plain.available)
+    law, h = world.law, np.array(world.info["plateau_height"])
+    assert (h > 0).any() and ((h == 0) | ((h >= 0.05) & (h <= 0.15))).all()
+    # Far below d0 the loss is the plain law's times 1 + h; far above, the plain law's.
+    tiny, huge = 1e-3 * law.d0, 1e3 * law.d0
+    np.testing.assert_allclose(law.predict(tiny), plain.law.predict(tiny) * (1 + h), rtol=1e-6)
+    np.testing.assert_allclose(law.predict(huge), plain.law.predict(huge), rtol=1e-6)
+    D = 0.8 * law.d0 + 100.0
+    eps = 1e-4 * D
+    numeric = np.stack([(law.predict(D + e) - law.predict(D - e)) / (2 * e[i])
+                        for i, e in enumerate(np.diag(eps))])
+    np.testing.assert_allclose(law.grad(D), numeric, rtol=1e-4, atol=1e-12)
+    orc = simulate.oracle(world, 0.01)
+    blind = allocate(plain.law, plain.budget, floor=0.01).weights
+    assert world.objective(world.budget * orc.weights) <= world.objective(world.budget * blind) + 1e-9
+
+    _, row = one_world_from_the_command_line(capsys, "--plateau")
+    assert row["world"].endswith("-plateau") and any(x > 0 for x in row["plateau_height"])
