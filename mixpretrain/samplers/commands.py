@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--seeds", type=int, default=1, help="pool the worlds of seeds --seed .. --seed + N - 1")
     sim.add_argument("--jobs", type=int, default=1, help="worlds evaluated in parallel processes (same results)")
     sim.add_argument("--samplers", default="uniform,proportional,temperature,ado,odm,doremi,transfer,oracle")
+    for flag, what in (("forgetting", "a starved domain's loss rises with its low recent share"),
+                       ("interference", "a domain's loss rises with another domain's recent share"),
+                       ("plateau", "a domain's loss stalls until it has seen enough of its own data")):
+        sim.add_argument(f"--{flag}", action="store_true", help=f"the same worlds plus {flag} ({what})")
     sim.add_argument("--json", action="store_true", help="print the full result as JSON")
     sim.set_defaults(func=_simulate)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -55,7 +59,8 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.worlds < 1:
         raise ValueError(f"--worlds must be >= 1, got {args.worlds}")
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=tuple(s for s in args.samplers.split(",") if s),
-                                    seeds=args.seeds, jobs=args.jobs)
+                                    seeds=args.seeds, jobs=args.jobs, forgetting=args.forgetting,
+                                    interference=args.interference, plateau=args.plateau)
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()

@@ -36,10 +36,12 @@ Plateaus (opt-in: ``plateau=True``): the same world, but about half of the domai
 sit on a plateau until they have seen enough of their own data, then drop. Real H100 runs showed
 it (gpu_small, mri): every fixed mixture's mri loss stalled near 0.93 and dropped to 0.84 once mri
 had seen about 1000 samples; transfer read the stall as convergence, starved mri and left it on
-the plateau (1.10 x proportional's loss at the end). The loss of domain j is L_j(D) x (1 + h_j /
-(1 + (D_j / d0_j)^4)) with D_j its own consumption, h_j in [0.05, 0.15] and d0_j = c_j x r0_j x B,
-c_j in [0.2, 0.5]: at the proportional mixture the drop comes 20-50% into the run. No law family
-of the samplers has this shape; the oracle (``allocate`` on the true law, multi-start) does.
+the plateau (1.10 x proportional's loss at the end). The loss of domain j is s_j P_j + (1 - s_j)
+L_j(D), s_j = 1 / (1 + (D_j / d0_j)^4) with D_j its own consumption: flat at the level P_j = (1 +
+h_j) L_j(5% of the budget at the proportional mixture), h_j in [0.05, 0.15], until D_j nears d0_j
+= c_j x r0_j x B, c_j in [0.2, 0.5] (at the proportional mixture the drop comes 20-50% into the
+run), then the law. No law family of the samplers has this shape; the oracle (``allocate`` on the
+true law, multi-start) does.
 """
 
 from __future__ import annotations
@@ -110,19 +112,24 @@ class MisspecifiedLaw:
 
 
 class PlateauLaw:
-    """A world's law times a plateau in each domain's own consumption: L_j(D) x (1 + h_j s_j(D_j)),
-    s_j(x) = 1 / (1 + (x / d0_j)^k), a step from 1 (x << d0_j) to 0 (x >> d0_j). h_j = 0: no
-    plateau. Offers the parts of the LawFit interface that ``allocate`` and ``hubs_and_islands`` use."""
+    """A world's law with plateaus in each domain's own consumption D_j: L_j(D) = s_j P_j + (1 - s_j)
+    law_j(D), s_j = 1 / (1 + (D_j / d0_j)^k), a step from 1 (D_j << d0_j) to 0 (D_j >> d0_j). While
+    s_j ~ 1 the loss sits flat at P_j, whatever the other domains consume; past d0_j it drops to the
+    law. P_j = (1 + h_j) x law_j at an early point (``plateau_at``: each domain's proportional share of
+    5% of the budget), the level where the real mri curves stalled. h_j = 0 or d0_j = 0: no plateau.
+    Offers the parts of the LawFit interface that ``allocate`` and ``hubs_and_islands`` use."""
 
     family = "plateau"
 
-    def __init__(self, base: Any, height: np.ndarray, d0: np.ndarray, sharpness: float = 4.0) -> None:
+    def __init__(self, base: Any, height: np.ndarray, d0: np.ndarray, plateau_at: np.ndarray,
+                 sharpness: float = 4.0) -> None:
         self.base = base
         self.domains = base.domains
         self.params = base.params
         self.unique = getattr(base, "unique", None)
         self.height = np.asarray(height, float)
-        self.d0 = np.asarray(d0, float)
+        self.d0 = np.where(self.height > 0, np.asarray(d0, float), 0.0)
+        self.level = (1.0 + self.height) * base.predict(np.asarray(plateau_at, float))  # P_j
         self.sharpness = float(sharpness)
 
     @property
@@ -130,23 +137,24 @@ class PlateauLaw:
         return self.base.transfer_matrix
 
     def _step(self, D: Any) -> tuple[np.ndarray, np.ndarray]:
-        """s(D_j) and ds/dD_j per domain."""
-        x = np.clip(np.asarray(D, float), 0.0, None) / self.d0
+        """s(D_j) and ds/dD_j per domain (0 and 0 where a domain has no plateau)."""
+        on = self.d0 > 0
+        x = np.clip(np.asarray(D, float), 0.0, None) / np.where(on, self.d0, 1.0)
         xk = x ** self.sharpness
-        s = 1.0 / (1.0 + xk)
-        ds = -self.sharpness * xk / np.where(x > 0, x, 1.0) / self.d0 * s * s
+        s = np.where(on, 1.0 / (1.0 + xk), 0.0)
+        ds = np.where(on, -self.sharpness * xk / np.where(x > 0, x, 1.0) / np.where(on, self.d0, 1.0) * s * s, 0.0)
         return s, ds
 
     def predict(self, D: Any) -> np.ndarray:
-        return self.base.predict(D) * (1.0 + self.height * self._step(D)[0])
+        s = self._step(D)[0]
+        return s * self.level + (1.0 - s) * self.base.predict(D)
 
     def grad(self, D: Any) -> np.ndarray:
         """[..., i (source), j (target)]: d L_j / d D_i."""
         s, ds = self._step(D)
-        g = self.base.grad(D) * (1.0 + self.height * s)[..., None, :]
-        own = self.base.predict(D) * self.height * ds
-        k = len(self.domains)
-        return g + np.eye(k) * own[..., None, :]
+        g = self.base.grad(D) * (1.0 - s)[..., None, :]
+        own = ds * (self.level - self.base.predict(D))
+        return g + np.eye(len(self.domains)) * own[..., None, :]
 
     def effective_transfer(self, D: Any) -> np.ndarray:
         g = self.grad(D)
@@ -296,7 +304,7 @@ def make_world(index: int, seed: int = 0, k: int | None = None, budget: float = 
             on[int(prng.integers(k))] = True
         height = np.where(on, prng.uniform(0.05, 0.15, k), 0.0)
         d0 = prng.uniform(0.2, 0.5, k) * budget * available / available.sum()
-        law = PlateauLaw(law, height, d0)
+        law = PlateauLaw(law, height, d0, plateau_at=0.05 * budget * available / available.sum())
         info["plateau_height"], info["plateau_d0"] = height.tolist(), d0.tolist()
     name = (f"w{index:02d}-{kind}" + ("-forget" if forgetting else "") + ("-company" if interference else "")
             + ("-plateau" if plateau else ""))

@@ -262,6 +262,10 @@ def test_cli_lists_samplers_and_rejects_unknown(capsys) -> None:
     assert "unknown sampler 'bogus'" in capsys.readouterr().err
     assert main(["samplers", "simulate", "--worlds", "1", "--seeds", "0"]) == 2
     assert "seeds must be >= 1, got 0" in capsys.readouterr().err
+    # The world flags of benchmarks/compare_samplers.py --simulated work here too.
+    assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "proportional,uniform", "--plateau", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["plateau"] and result["worlds"][0]["world"].endswith("-plateau")
 
 
 def test_transfer_family_options() -> None:

@@ -160,11 +160,15 @@ def test_plateau_worlds(capsys) -> None:
     np.testing.assert_array_equal(world.available, plain.available)
     law, h = world.law, np.array(world.info["plateau_height"])
     assert (h > 0).any() and ((h == 0) | ((h >= 0.05) & (h <= 0.15))).all()
-    # Far below d0 the loss is the plain law's times 1 + h; far above, the plain law's.
-    tiny, huge = 1e-3 * law.d0, 1e3 * law.d0
-    np.testing.assert_allclose(law.predict(tiny), plain.law.predict(tiny) * (1 + h), rtol=1e-6)
+    # Far below d0 a plateau domain's loss is flat at its level, whatever the others consume; far
+    # above, it is the plain law's. Domains without a plateau follow the plain law throughout.
+    on = h > 0
+    tiny, huge = np.where(on, 1e-3 * law.d0, 1e3), np.where(on, 1e3 * law.d0, 1e5)
+    np.testing.assert_allclose(law.predict(tiny)[on], law.level[on], rtol=1e-6)
+    np.testing.assert_allclose(law.predict(tiny * np.where(on, 1.0, 50.0))[on], law.level[on], rtol=1e-6)
     np.testing.assert_allclose(law.predict(huge), plain.law.predict(huge), rtol=1e-6)
-    D = 0.8 * law.d0 + 100.0
+    np.testing.assert_allclose(law.predict(tiny)[~on], plain.law.predict(tiny)[~on])
+    D = np.where(on, 0.8 * law.d0, 0.3 * world.budget / len(h))
     eps = 1e-4 * D
     numeric = np.stack([(law.predict(D + e) - law.predict(D - e)) / (2 * e[i])
                         for i, e in enumerate(np.diag(eps))])
