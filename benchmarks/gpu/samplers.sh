@@ -21,10 +21,10 @@ source benchmarks/gpu/env.sh
 
 args=(--pretrain --config "$CONFIG" --samplers "$SAMPLERS" --seeds "$SEEDS" --out "$RUNS")
 if [ -n "${VARIANTS:-}" ]; then args+=(--transfer-variants "$VARIANTS"); fi
-# Two threads per trainer (as on the H100 at stop 16): 4 trainers and their loaders share the 16 cores.
 if [ "${DEVICE:-cuda}" = cuda ]; then  # GPU use and memory every 20 s, to show the GPU was kept busy
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 >"$OUT/nvidia-smi.csv" &
 fi
+# Two threads per trainer (as on the H100 at stop 16): 4 trainers and their loaders share the 16 cores.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "${LIMIT:-540}" "$PY" benchmarks/compare_samplers.py "${args[@]}" 2>&1 | tee "$OUT/compare.log" | tail -n 60
 for f in comparison.md comparison.json loss_curves.png weights.png; do
   cp "$RUNS/$f" "$OUT/" 2>/dev/null || echo "samplers.sh: $RUNS/$f was not written"

@@ -40,8 +40,8 @@ the plateau (1.10 x proportional's loss at the end). The loss of domain j is s_j
 L_j(D), s_j = 1 / (1 + (D_j / d0_j)^4) with D_j its own consumption: flat at the level P_j = (1 +
 h_j) L_j(5% of the budget at the proportional mixture), h_j in [0.05, 0.15], until D_j nears d0_j
 = c_j x r0_j x B, c_j in [0.2, 0.5] (at the proportional mixture the drop comes 20-50% into the
-run), then the law. No law family of the samplers has this shape; the oracle (``allocate`` on the
-true law, multi-start) does.
+run), then the law. No law family the samplers fit has this shape; the oracle is ``allocate``
+(multi-start) on the true law, plateaus included.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ class MisspecifiedLaw:
         return dx * dL_dx[..., None, :] * dDe[..., :, None]
 
     def effective_transfer(self, D: Any) -> np.ndarray:
-        g = self.grad(D)
-        own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
-        return np.where(own != 0, g / np.where(own != 0, own, 1.0), 0.0)
+        from mixpretrain.scaling.laws import transfer_from_grad
+
+        return transfer_from_grad(self.grad(D))
 
 
 class PlateauLaw:
@@ -157,9 +157,9 @@ class PlateauLaw:
         return g + np.eye(len(self.domains)) * own[..., None, :]
 
     def effective_transfer(self, D: Any) -> np.ndarray:
-        g = self.grad(D)
-        own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
-        return np.where(own != 0, g / np.where(own != 0, own, 1.0), 0.0)
+        from mixpretrain.scaling.laws import transfer_from_grad
+
+        return transfer_from_grad(self.grad(D))
 
 
 @dataclass

@@ -93,6 +93,14 @@ def law_terms(p: dict[str, Any], D: np.ndarray) -> dict[str, np.ndarray]:
     return {"delta": delta, "dDe_dD": dDe_dD, "u": u, "ug": ug, "x": x, "q": q, "L": p["E"] + q}
 
 
+def transfer_from_grad(g: np.ndarray) -> np.ndarray:
+    """Effective transfer from a law's gradient g[..., i, j] = dL_j/dD_i: g / dL_j/dD_j (0 where a
+    domain's own gradient is 0). Shared by LawFit and the simulated worlds' own laws."""
+    own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(own != 0, g / own, 0.0)
+
+
 @dataclass
 class LawFit:
     """A fitted (or given) law over ``domains``.
@@ -153,11 +161,7 @@ class LawFit:
 
     def effective_transfer(self, D: np.ndarray) -> np.ndarray:
         """e[i, j] = (dL_j/dD_i) / (dL_j/dD_j): own-sample equivalents of one sample of i, for j."""
-        g = self.grad(D)
-        own = np.diagonal(g, axis1=-2, axis2=-1)[..., None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            e = np.where(own != 0, g / own, 0.0)
-        return e
+        return transfer_from_grad(self.grad(D))
 
     def predict_interval(self, D: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Bootstrap band of the prediction (the point prediction twice when not bootstrapped)."""
