@@ -3,6 +3,7 @@
 
     python benchmarks/compare_samplers.py --simulated [--worlds 20] [--seed 0] [--seeds 1] [--jobs 1] [--json] [--timing]
         [--forgetting] [--interference] [--plateau] [--transfer-variants '{"name": {transfer options}, ...}']
+        [--reuse earlier.json]
 
 ``--simulated``: worlds whose losses follow known laws (random asymmetric transfer, hubs, islands,
 skewed data sizes, a misspecified family, noise); every sampler gets the same budget and
@@ -19,6 +20,10 @@ its own data, then drops, as mri's did in the H100 runs; the oracle knows the pl
 the given options (e.g. guard settings), side by side with the same baselines. ``--seeds N``
 pools the worlds of N seeds into one table and prints the hard-world wins per seed and pooled,
 with a 95% interval (one seed has 2-8 hard worlds); ``--jobs`` runs the worlds in parallel.
+``--reuse FILE`` takes the rows an earlier ``--simulated --json`` run with the same worlds holds
+from that file and runs only the others (a new variant against stored baselines in minutes
+instead of the whole table); the worlds are checked to be the same, the reused rows are as good as
+the code that made the file.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
@@ -63,10 +68,11 @@ def run_simulated(args: argparse.Namespace) -> int:
     if variants:
         samplers += tuple(v for v in variants if v not in samplers)
     seeds = 1 if args.seeds is None else args.seeds
+    reuse = load_reuse(args.reuse)
     try:
         result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
                                         variants=variants, interference=args.interference, seeds=seeds,
-                                        plateau=args.plateau,
+                                        plateau=args.plateau, reuse=reuse,
                                         jobs=1 if args.jobs is None else args.jobs)
     except ValueError as exc:
         raise SystemExit(f"compare_samplers.py --simulated: error: {exc}") from exc
@@ -98,8 +104,26 @@ def run_simulated(args: argparse.Namespace) -> int:
         print(f"transfer refit, {t['k']} domains, {t['points_at_last_refit']} val points, families "
               f"{','.join(t['families_at_last_refit'])}: last {t['last_s'] * 1000:.0f} ms, "
               f"max {t['max_s'] * 1000:.0f} ms over {t['refits']} refits")
+    if result["settings"].get("reused"):
+        print(f"rows taken from {args.reuse}, not run again (they are as good as the code that made that file): "
+              f"{', '.join(result['settings']['reused'])}")
     print(f"total {result['seconds']:.1f} s")
     return 0
+
+
+def load_reuse(path: str | None) -> dict | None:
+    """--reuse: the JSON of an earlier ``--simulated --json`` run."""
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            reuse = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"compare_samplers.py --simulated: error: --reuse {path}: {exc}") from exc
+    if not isinstance(reuse, dict) or not isinstance(reuse.get("worlds"), list):
+        raise SystemExit(f"compare_samplers.py --simulated: error: --reuse {path}: not the JSON of a --simulated --json run "
+                         "(no 'worlds' list)")
+    return reuse
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -141,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--simulated: the same worlds plus plateaus (a domain's loss stalls until it has seen enough of its own data)")
     parser.add_argument("--transfer-variants",
                         help="JSON {row name: transfer options}: extra transfer rows (--simulated and --pretrain)")
+    parser.add_argument("--reuse", help="--simulated: the JSON of an earlier --simulated --json run with the same worlds; "
+                        "the samplers it holds are taken from it and only the others are run")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

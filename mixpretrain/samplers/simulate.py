@@ -408,14 +408,22 @@ def _jaccard(a: list[str], b: list[str]) -> float:
 
 def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, floor: float = 0.01,
                    intervals: int = 60, eval_every: int = 3,
-                   variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run every sampler in one world; per-sampler objective and its ratios to the baselines."""
+                   variants: dict[str, dict[str, Any]] | None = None,
+                   stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every sampler in one world; per-sampler objective and its ratios to the baselines.
+    ``stored``: this world's record from an earlier benchmark (``run_benchmark(..., reuse=...)``);
+    its samplers are taken from it instead of being run again."""
     from mixpretrain.scaling import hubs_and_islands
 
     orc = oracle(world, floor)
     j_oracle = world.objective(world.budget * orc.weights, recent=orc.weights)  # constant mixture: r = w
     results: dict[str, Any] = {}
+    if stored is not None:
+        _check_stored_world(world, j_oracle, stored)
     for name in samplers:
+        if stored is not None and name in stored["samplers"]:
+            results[name] = {k: v for k, v in stored["samplers"][name].items() if k not in ("vs_proportional", "gap_to_oracle")}
+            continue
         reg, opts = sampler_options(world, name, floor, orc.weights, variants)
         res = run_sampler(world, reg, opts, intervals, eval_every)
         rec = {"objective": res["objective"], "consumed": res["consumed"].tolist(), "seconds": res["seconds"],
@@ -443,6 +451,17 @@ def evaluate_world(world: World, samplers: tuple[str, ...] = DEFAULT_SAMPLERS, f
             "plateau_height": world.info.get("plateau_height"),
             "oracle_weights": orc.weights.tolist(), "oracle_objective": j_oracle,
             "oracle_gain_vs_proportional": 1.0 - j_oracle / j_prop, "samplers": results}
+
+
+def _check_stored_world(world: World, j_oracle: float, stored: dict[str, Any]) -> None:
+    """A stored world must be the one generated now: same name and the same oracle objective (the
+    oracle depends on every part of the law, so code that changed the worlds changes it)."""
+    same = stored.get("world") == world.name and np.isclose(stored.get("oracle_objective", np.nan), j_oracle,
+                                                            rtol=1e-9, atol=0.0)
+    if not same:
+        raise ValueError(f"stored world {stored.get('world')!r} (oracle objective {stored.get('oracle_objective')}) is not "
+                         f"the world generated now ({world.name!r}, {j_oracle}): the file was made by other world code "
+                         "or settings; run without reuse")
 
 
 def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -480,18 +499,26 @@ def summarise(worlds: list[dict[str, Any]], samplers: tuple[str, ...]) -> dict[s
 def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] = DEFAULT_SAMPLERS,
                   floor: float = 0.01, intervals: int = 60, eval_every: int = 3, forgetting: bool = False,
                   variants: dict[str, dict[str, Any]] | None = None, interference: bool = False,
-                  seeds: int = 1, jobs: int = 1, plateau: bool = False) -> dict[str, Any]:
+                  seeds: int = 1, jobs: int = 1, plateau: bool = False,
+                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """``forgetting`` / ``interference`` / ``plateau``: the same worlds plus forgetting, poor company
     or plateaus (module docstring). ``variants``: extra ``transfer`` rows {name: options}; list their names in
     ``samplers`` too. ``seeds``: the benchmarks of seeds ``seed`` .. ``seed + seeds - 1`` pooled
     (``n_worlds`` each): a hard-world count of one seed is 2-8 worlds, too few to judge a rate by.
-    ``jobs``: worlds evaluated in that many processes (the results do not depend on it)."""
+    ``jobs``: worlds evaluated in that many processes (the results do not depend on it). ``reuse``: the
+    result of an earlier call with the same worlds (same settings); samplers it holds are taken from it
+    and only the others are run, e.g. a new transfer variant against stored baselines."""
     for name, value in (("worlds", n_worlds), ("seeds", seeds), ("jobs", jobs)):
         if value < 1:
             raise ValueError(f"simulated benchmark: {name} must be >= 1, got {value}")
     t0 = time.perf_counter()
-    tasks = [(i, s, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants)
-             for s in range(seed, seed + seeds) for i in range(n_worlds)]
+    settings = {"worlds": n_worlds, "seed": seed, "seeds": seeds, "floor": floor, "intervals": intervals,
+                "eval_every": eval_every, "hard_gain": HARD_GAIN, "forgetting": forgetting,
+                "interference": interference, "plateau": plateau, "variants": variants or {}}
+    stored = _stored_worlds(reuse, settings, samplers)
+    tasks = [(i, s, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants,
+              stored[n] if stored else None)
+             for n, (s, i) in enumerate((s, i) for s in range(seed, seed + seeds) for i in range(n_worlds))]
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -505,10 +532,10 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
             worlds.append(_evaluate_task(task))
             log.info("seed %d %s done (%.1f s so far)", task[1], worlds[-1]["world"], time.perf_counter() - t0)
     hard = [w for w in worlds if w["oracle_gain_vs_proportional"] >= HARD_GAIN]
+    if stored:
+        settings["reused"] = sorted({n for w in stored for n in w["samplers"] if n in samplers})
     return to_jsonable({
-        "settings": {"worlds": n_worlds, "seed": seed, "seeds": seeds, "floor": floor, "intervals": intervals,
-                     "eval_every": eval_every, "hard_gain": HARD_GAIN, "forgetting": forgetting,
-                     "interference": interference, "plateau": plateau, "variants": variants or {}},
+        "settings": settings,
         "table": summarise(worlds, samplers),
         "hard_worlds": [w["world"] if seeds == 1 else f"s{w['seed']}-{w['world']}" for w in hard],
         "hard_wins_by_seed": {name: hard_wins_by_seed(worlds, name) for name in samplers
@@ -520,9 +547,36 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
 
 def _evaluate_task(task: tuple) -> dict[str, Any]:
     """One world of ``run_benchmark`` (a top-level function, so worker processes can run it)."""
-    index, seed, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants = task
+    index, seed, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants, stored = task
     world = make_world(index, seed, forgetting=forgetting, interference=interference, plateau=plateau)
-    return {**evaluate_world(world, samplers, floor, intervals, eval_every, variants), "seed": seed}
+    return {**evaluate_world(world, samplers, floor, intervals, eval_every, variants, stored), "seed": seed}
+
+
+def _stored_worlds(reuse: dict[str, Any] | None, settings: dict[str, Any],
+                   samplers: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    """The stored world records of ``reuse``, in task order, after checking that they were made with
+    the same settings and that a stored variant row had the options asked for now."""
+    if reuse is None:
+        return None
+    old = reuse.get("settings") or {}
+    for key in ("worlds", "seed", "seeds", "floor", "intervals", "eval_every", "hard_gain", "forgetting",
+                "interference", "plateau"):
+        if old.get(key, False if key in ("forgetting", "interference", "plateau") else None) != settings[key]:
+            raise ValueError(f"reused benchmark has {key} = {old.get(key)!r}, this one {settings[key]!r}: "
+                             "only a benchmark with the same worlds can be reused")
+    old_variants = old.get("variants") or {}
+    for name in samplers:
+        if name in old_variants and old_variants[name] != settings["variants"].get(name):
+            raise ValueError(f"reused row {name!r} was the transfer variant {old_variants[name]}, asked now: "
+                             f"{settings['variants'].get(name)}; give the new variant another name")
+        if name in settings["variants"] and name not in old_variants and any(
+                name in w["samplers"] for w in reuse.get("worlds", [])):
+            raise ValueError(f"reused benchmark has a row {name!r} that was not the transfer variant asked now; "
+                             "give the new variant another name")
+    worlds = reuse.get("worlds") or []
+    if len(worlds) != settings["worlds"] * settings["seeds"]:
+        raise ValueError(f"reused benchmark holds {len(worlds)} worlds, expected {settings['worlds'] * settings['seeds']}")
+    return worlds
 
 
 def hard_wins_by_seed(worlds: list[dict[str, Any]], name: str) -> dict[str, list[int]]:

@@ -179,3 +179,35 @@ def test_plateau_worlds(capsys) -> None:
 
     _, row = one_world_from_the_command_line(capsys, "--plateau")
     assert row["world"].endswith("-plateau") and any(x > 0 for x in row["plateau_height"])
+
+
+def test_reuse_runs_only_the_new_rows(tmp_path, capsys) -> None:
+    """--reuse: rows an earlier run holds come from its file, the others are run; same worlds only."""
+    mod = compare_samplers_script()
+    kwargs = {"seed": 2, "intervals": 12, "eval_every": 3}
+    variant = {"pw": {"family": "power"}}
+    fresh = simulate.run_benchmark(2, samplers=("uniform", "proportional", "pw"), variants=variant, **kwargs)
+    stored = simulate.run_benchmark(2, samplers=("uniform", "proportional"), **kwargs)
+    stored["worlds"][0]["samplers"]["uniform"]["objective"] = 123.0  # marks the row as taken from the file
+    reused = simulate.run_benchmark(2, samplers=("uniform", "proportional", "pw"), variants=variant, reuse=stored, **kwargs)
+    assert reused["settings"]["reused"] == ["proportional", "uniform"]
+    assert reused["worlds"][0]["samplers"]["uniform"]["objective"] == 123.0
+    for a, b in zip(fresh["worlds"], reused["worlds"], strict=True):
+        assert a["samplers"]["pw"]["objective"] == b["samplers"]["pw"]["objective"]
+        assert a["samplers"]["pw"]["vs_proportional"] == pytest.approx(b["samplers"]["pw"]["vs_proportional"])
+    # Other worlds, another variant under a stored row's name, or worlds made by other code: refused.
+    with pytest.raises(ValueError, match="seed"):
+        simulate.run_benchmark(2, samplers=("uniform",), reuse=stored, **{**kwargs, "seed": 3})
+    with pytest.raises(ValueError, match="another name"):
+        simulate.run_benchmark(2, samplers=("pw",), variants={"pw": {"family": "linear"}}, reuse=reused, **kwargs)
+    stored["worlds"][1]["oracle_objective"] *= 1.01
+    with pytest.raises(ValueError, match="other world code"):
+        simulate.run_benchmark(2, samplers=("uniform",), reuse=stored, **kwargs)
+    # From the command line: the rows taken from the file are named; a file that is not such a run is refused.
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(simulate.run_benchmark(1, samplers=("uniform", "proportional"), seed=0)))
+    assert mod.main(["--simulated", "--worlds", "1", "--samplers", "uniform,proportional,oracle", "--reuse", str(path)]) == 0
+    assert "proportional, uniform" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(SystemExit, match="worlds"):
+        mod.main(["--simulated", "--worlds", "1", "--reuse", str(tmp_path / "bad.json")])
