@@ -49,15 +49,12 @@ import sys
 
 def parse_variants(text: str | None) -> dict[str, dict] | None:
     """--transfer-variants: JSON {row name: transfer options}."""
-    if not text:
-        return None
+    from mixpretrain.samplers import simulate
+
     try:
-        variants = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"compare_samplers.py: error: --transfer-variants is not JSON: {exc}") from exc
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        raise SystemExit("compare_samplers.py: error: --transfer-variants must map names to option mappings")
-    return variants
+        return simulate.parse_variants(text)
+    except ValueError as exc:
+        raise SystemExit(f"compare_samplers.py: error: {exc}") from exc
 
 
 def run_simulated(args: argparse.Namespace) -> int:
@@ -68,11 +65,10 @@ def run_simulated(args: argparse.Namespace) -> int:
     if variants:
         samplers += tuple(v for v in variants if v not in samplers)
     seeds = 1 if args.seeds is None else args.seeds
-    reuse = load_reuse(args.reuse)
     try:
         result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
                                         variants=variants, interference=args.interference, seeds=seeds,
-                                        plateau=args.plateau, reuse=reuse,
+                                        plateau=args.plateau, reuse=simulate.load_reuse(args.reuse),
                                         jobs=1 if args.jobs is None else args.jobs)
     except ValueError as exc:
         raise SystemExit(f"compare_samplers.py --simulated: error: {exc}") from exc
@@ -110,20 +106,6 @@ def run_simulated(args: argparse.Namespace) -> int:
     print(f"total {result['seconds']:.1f} s")
     return 0
 
-
-def load_reuse(path: str | None) -> dict | None:
-    """--reuse: the JSON of an earlier ``--simulated --json`` run."""
-    if not path:
-        return None
-    try:
-        with open(path) as fh:
-            reuse = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"compare_samplers.py --simulated: error: --reuse {path}: {exc}") from exc
-    if not isinstance(reuse, dict) or not isinstance(reuse.get("worlds"), list):
-        raise SystemExit(f"compare_samplers.py --simulated: error: --reuse {path}: not the JSON of a --simulated --json run "
-                         "(no 'worlds' list)")
-    return reuse
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ("interference", "a domain's loss rises with another domain's recent share"),
                        ("plateau", "a domain's loss stalls until it has seen enough of its own data")):
         sim.add_argument(f"--{flag}", action="store_true", help=f"the same worlds plus {flag} ({what})")
+    sim.add_argument("--transfer-variants", help="JSON {row name: transfer options}: extra transfer rows")
+    sim.add_argument("--reuse", help="the JSON of an earlier run with the same worlds (--json): the samplers it "
+                     "holds are taken from it and only the others are run")
     sim.add_argument("--json", action="store_true", help="print the full result as JSON")
     sim.set_defaults(func=_simulate)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -58,15 +61,20 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.worlds < 1:
         raise ValueError(f"--worlds must be >= 1, got {args.worlds}")
-    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=tuple(s for s in args.samplers.split(",") if s),
-                                    seeds=args.seeds, jobs=args.jobs, forgetting=args.forgetting,
-                                    interference=args.interference, plateau=args.plateau)
+    samplers = tuple(s for s in args.samplers.split(",") if s)
+    variants = simulate.parse_variants(args.transfer_variants)
+    samplers += tuple(v for v in variants or {} if v not in samplers)  # a variant is a row of its own
+    result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, seeds=args.seeds, jobs=args.jobs,
+                                    forgetting=args.forgetting, interference=args.interference, plateau=args.plateau,
+                                    variants=variants, reuse=simulate.load_reuse(args.reuse))
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
     else:
         print(simulate.format_table(result["table"]))
         print(f"hard worlds: {result['hard_worlds']}; {result['seconds']:.1f} s")
+        if result["settings"].get("reused"):
+            print(f"rows taken from {args.reuse}, not run again: {', '.join(result['settings']['reused'])}")
         for name, by_seed in result["hard_wins_by_seed"].items():
             if "all" in by_seed:
                 won, n = by_seed["all"]

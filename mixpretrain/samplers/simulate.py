@@ -579,6 +579,37 @@ def _stored_worlds(reuse: dict[str, Any] | None, settings: dict[str, Any],
     return worlds
 
 
+def parse_variants(text: str | None) -> dict[str, dict[str, Any]] | None:
+    """``--transfer-variants``: JSON {row name: transfer options} (None when not given)."""
+    import json
+
+    if not text:
+        return None
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--transfer-variants is not JSON: {exc}") from exc
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ValueError("--transfer-variants must map names to option mappings")
+    return variants
+
+
+def load_reuse(path: str | None) -> dict[str, Any] | None:
+    """``--reuse``: the JSON of an earlier ``--simulated --json`` run (None when not given)."""
+    import json
+
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            reuse = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--reuse {path}: {exc}") from exc
+    if not isinstance(reuse, dict) or not isinstance(reuse.get("worlds"), list):
+        raise ValueError(f"--reuse {path}: not the JSON of a simulated benchmark run with --json (no 'worlds' list)")
+    return reuse
+
+
 def hard_wins_by_seed(worlds: list[dict[str, Any]], name: str) -> dict[str, list[int]]:
     """{seed: [hard worlds where ``name`` beat every baseline present, hard worlds]} (as strings
     for JSON), and "all" pooled: the count issue 5's 80% target is judged by."""

@@ -251,7 +251,7 @@ def test_doremi_reference_from_a_runs_metrics(tmp_path) -> None:
     assert np.argmax(s.weights()) == 2
 
 
-def test_cli_lists_samplers_and_rejects_unknown(capsys) -> None:
+def test_cli_lists_samplers_and_rejects_unknown(capsys, tmp_path) -> None:
     from mixpretrain.cli import main
 
     assert main(["samplers", "list", "--json"]) == 0
@@ -266,6 +266,15 @@ def test_cli_lists_samplers_and_rejects_unknown(capsys) -> None:
     assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "proportional,uniform", "--plateau", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["settings"]["plateau"] and result["worlds"][0]["world"].endswith("-plateau")
+    # Variants and --reuse as well: only the new row runs, the others come from the earlier JSON.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(result))
+    assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "proportional,uniform", "--plateau", "--json",
+                 "--transfer-variants", '{"pw": {"family": "power"}}', "--reuse", str(earlier)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["settings"]["reused"] == ["proportional", "uniform"] and "pw" in again["worlds"][0]["samplers"]
+    assert main(["samplers", "simulate", "--worlds", "1", "--transfer-variants", "[1]"]) == 2
+    assert "--transfer-variants must map names" in capsys.readouterr().err
 
 
 def test_transfer_family_options() -> None:
