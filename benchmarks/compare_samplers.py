@@ -60,10 +60,8 @@ def parse_variants(text: str | None) -> dict[str, dict] | None:
 def run_simulated(args: argparse.Namespace) -> int:
     from mixpretrain.samplers import simulate
 
-    samplers = tuple(s for s in args.samplers.split(",") if s)
     variants = parse_variants(args.transfer_variants)
-    if variants:
-        samplers += tuple(v for v in variants if v not in samplers)
+    samplers = simulate.with_variant_rows(tuple(s for s in args.samplers.split(",") if s), variants)
     seeds = 1 if args.seeds is None else args.seeds
     try:
         result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, forgetting=args.forgetting,
@@ -105,7 +103,6 @@ def run_simulated(args: argparse.Namespace) -> int:
               f"{', '.join(result['settings']['reused'])}")
     print(f"total {result['seconds']:.1f} s")
     return 0
-
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -61,9 +61,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.worlds < 1:
         raise ValueError(f"--worlds must be >= 1, got {args.worlds}")
-    samplers = tuple(s for s in args.samplers.split(",") if s)
     variants = simulate.parse_variants(args.transfer_variants)
-    samplers += tuple(v for v in variants or {} if v not in samplers)  # a variant is a row of its own
+    samplers = simulate.with_variant_rows(tuple(s for s in args.samplers.split(",") if s), variants)
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, seeds=args.seeds, jobs=args.jobs,
                                     forgetting=args.forgetting, interference=args.interference, plateau=args.plateau,
                                     variants=variants, reuse=simulate.load_reuse(args.reuse))

@@ -46,6 +46,7 @@ run), then the law. No law family the samplers fit has this shape; the oracle is
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -581,8 +582,6 @@ def _stored_worlds(reuse: dict[str, Any] | None, settings: dict[str, Any],
 
 def parse_variants(text: str | None) -> dict[str, dict[str, Any]] | None:
     """``--transfer-variants``: JSON {row name: transfer options} (None when not given)."""
-    import json
-
     if not text:
         return None
     try:
@@ -594,10 +593,13 @@ def parse_variants(text: str | None) -> dict[str, dict[str, Any]] | None:
     return variants
 
 
+def with_variant_rows(samplers: tuple[str, ...], variants: dict[str, Any] | None) -> tuple[str, ...]:
+    """The samplers plus a row for every transfer variant not already listed (a variant is a row of its own)."""
+    return samplers + tuple(v for v in variants or {} if v not in samplers)
+
+
 def load_reuse(path: str | None) -> dict[str, Any] | None:
     """``--reuse``: the JSON of an earlier ``--simulated --json`` run (None when not given)."""
-    import json
-
     if not path:
         return None
     try:
