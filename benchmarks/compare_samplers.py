@@ -101,6 +101,8 @@ def run_simulated(args: argparse.Namespace) -> int:
     if result["settings"].get("reused"):
         print(f"rows taken from {args.reuse}, not run again (they are as good as the code that made that file): "
               f"{', '.join(result['settings']['reused'])}")
+    if result["settings"].get("stale"):
+        print(f"rows run again, the file's were made under other default options: {', '.join(result['settings']['stale'])}")
     print(f"total {result['seconds']:.1f} s")
     return 0
 

@@ -74,6 +74,8 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"hard worlds: {result['hard_worlds']}; {result['seconds']:.1f} s")
         if result["settings"].get("reused"):
             print(f"rows taken from {args.reuse}, not run again: {', '.join(result['settings']['reused'])}")
+        if result["settings"].get("stale"):
+            print(f"rows run again, the file's were made under other default options: {', '.join(result['settings']['stale'])}")
         for name, by_seed in result["hard_wins_by_seed"].items():
             if "all" in by_seed:
                 won, n = by_seed["all"]

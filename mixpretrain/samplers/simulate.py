@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from .base import to_jsonable
-from .registry import build
+from .registry import build, get_factory
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,8 @@ def run_benchmark(n_worlds: int = 20, seed: int = 0, samplers: tuple[str, ...] =
     t0 = time.perf_counter()
     settings = {"worlds": n_worlds, "seed": seed, "seeds": seeds, "floor": floor, "intervals": intervals,
                 "eval_every": eval_every, "hard_gain": HARD_GAIN, "forgetting": forgetting,
-                "interference": interference, "plateau": plateau, "variants": variants or {}}
+                "interference": interference, "plateau": plateau, "variants": variants or {},
+                "defaults": row_defaults(samplers, variants)}
     stored = _stored_worlds(reuse, settings, samplers)
     tasks = [(i, s, samplers, floor, intervals, eval_every, forgetting, interference, plateau, variants,
               stored[n] if stored else None)
@@ -577,7 +578,26 @@ def _stored_worlds(reuse: dict[str, Any] | None, settings: dict[str, Any],
     worlds = reuse.get("worlds") or []
     if len(worlds) != settings["worlds"] * settings["seeds"]:
         raise ValueError(f"reused benchmark holds {len(worlds)} worlds, expected {settings['worlds'] * settings['seeds']}")
+    # A row made under other default options of its sampler (or in a file that does not record them)
+    # is stale: a changed default changes the row, so it runs again.
+    stale = sorted(n for n in samplers if any(n in w["samplers"] for w in worlds)
+                   and (old.get("defaults") or {}).get(n) != settings["defaults"][n])
+    if stale:
+        log.warning("reused benchmark: rows %s were made under other default options (or the file does not "
+                    "record them); they run again", ", ".join(stale))
+        settings["stale"] = stale
+        worlds = [{**w, "samplers": {k: v for k, v in w["samplers"].items() if k not in stale}} for w in worlds]
     return worlds
+
+
+def row_defaults(samplers: tuple[str, ...], variants: dict[str, Any] | None) -> dict[str, Any]:
+    """Each row's sampler defaults (its class's OPTIONS, as JSON): recorded with a benchmark, so that
+    ``reuse`` can tell a row made under other defaults (a variant row runs ``transfer``)."""
+    def registry_name(row: str) -> str:
+        return "transfer" if variants and row in variants else "fixed" if row == "oracle" else row
+
+    return {row: json.loads(json.dumps(to_jsonable(dict(getattr(get_factory(registry_name(row)), "OPTIONS", {})))))
+            for row in samplers}
 
 
 def parse_variants(text: str | None) -> dict[str, dict[str, Any]] | None:

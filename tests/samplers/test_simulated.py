@@ -200,6 +200,12 @@ def test_reuse_runs_only_the_new_rows(tmp_path, capsys) -> None:
         simulate.run_benchmark(2, samplers=("uniform",), reuse=stored, **{**kwargs, "seed": 3})
     with pytest.raises(ValueError, match="another name"):
         simulate.run_benchmark(2, samplers=("pw",), variants={"pw": {"family": "linear"}}, reuse=reused, **kwargs)
+    # A row made under other defaults of its sampler (a changed default) runs again.
+    changed = json.loads(json.dumps(reused))
+    changed["settings"]["defaults"]["pw"]["smoothing"] = 0.9
+    again = simulate.run_benchmark(2, samplers=("uniform", "proportional", "pw"), variants=variant, reuse=changed, **kwargs)
+    assert again["settings"]["stale"] == ["pw"] and again["settings"]["reused"] == ["proportional", "uniform"]
+    assert [w["samplers"]["pw"]["objective"] for w in again["worlds"]] == [w["samplers"]["pw"]["objective"] for w in fresh["worlds"]]
     stored["worlds"][1]["oracle_objective"] *= 1.01
     with pytest.raises(ValueError, match="other world code"):
         simulate.run_benchmark(2, samplers=("uniform",), reuse=stored, **kwargs)
