@@ -22,8 +22,8 @@ pools the worlds of N seeds into one table and prints the hard-world wins per se
 with a 95% interval (one seed has 2-8 hard worlds); ``--jobs`` runs the worlds in parallel.
 ``--reuse FILE`` takes the rows an earlier ``--simulated --json`` run with the same worlds holds
 from that file and runs only the others (a new variant against stored baselines in minutes
-instead of the whole table); the worlds are checked to be the same, the reused rows are as good as
-the code that made the file.
+instead of the whole table); the worlds are checked to be the same, a row made under other sampler
+defaults runs again, and the reused rows are as good as the code that made the file.
 All the logic lives in ``mixpretrain.samplers.simulate``; this script only parses arguments.
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
