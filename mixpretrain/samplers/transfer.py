@@ -8,7 +8,7 @@ allocation that minimises the (importance-weighted, normalised) final loss for t
 Phases, as fractions of ``total_budget`` consumed:
 
 1. exploration (``explore_fraction``): the mixture cycles through "boost one domain" designs
-   around the prior (uniform, proportional or temperature). With a constant mixture every domain's count
+   around the prior (temperature by default; uniform or proportional). With a constant mixture every domain's count
    grows in lockstep and transfer T_ij cannot be told apart from a domain's own exponent; the
    boosts make the consumption ratios vary.
 2. steering: every ``refit_every`` usable observations the laws are refitted (warm-started from
@@ -53,9 +53,11 @@ than ``harm_guard`` x its noise, is flagged "harmed" (state ``harmed``, ``diagno
 ``last_refit["harmed"]``, a warning in the log) and floored at ``harm_floor`` x its prior weight
 for the rest of the run. A law in cumulative counts predicts no rise at all, so without forgetting
 the guard should stay silent (it fired in 4 of the 120 simulated default worlds of seeds 0-5, all
-false alarms). It is on by default and the preventive rules above are off (``min_prior_share`` 0,
-``unidentified`` fit): in simulated worlds with forgetting it protected about as well as they did,
-and without forgetting it costs far less (benchmarks/RESULTS.md). In real cpu_tiny runs it caught
+false alarms). It is on by default, with ``unidentified: prior`` and ``min_prior_share`` 0: in simulated worlds
+with forgetting it protected about as well as the preventive floors did, and without forgetting it
+costs far less (benchmarks/RESULTS.md). It reacts to a rise, so it cannot see a domain starved on a
+loss *plateau* (a flat curve read as converged, which never rises): that is what ``unidentified:
+prior`` covers (the H100 gpu_small run, benchmarks/RESULTS.md "Plateau guards on a lent H100"). In real cpu_tiny runs it caught
 ct's starvation (loss +4.5-6% after a cut, flagged at step 450); its known weakness is a flat
 domain with tiny noise flagged after a rise of < 1% and then held at its full prior share.
 
@@ -107,7 +109,7 @@ class TransferSampler(MixtureSampler):
     name = "transfer"
     OPTIONS = {
         "family": "auto",  # auto (prequential choice among power, linear, transfer) or one family for fit_laws
-        "prior": "auto",  # centre of exploration, fallback and floors: auto (proportional given available) | uniform | proportional | temperature
+        "prior": "auto",  # centre of exploration, fallback and floors: auto (temperature given available, else uniform) | uniform | proportional | temperature
         "prior_tau": 2.0,  # prior temperature: w ∝ available^(1 / prior_tau), as the temperature sampler
         "explore_fraction": 0.15,  # share of total_budget spent exploring
         "explore_strength": 0.5,  # weight moved onto the boosted domain during exploration
@@ -134,11 +136,11 @@ class TransferSampler(MixtureSampler):
         "rotate_challengers": False,  # auto: refit the family in use + one challenger per refit (faster)
         "fit_options": {},  # extra keyword arguments for scaling.fit_laws (e.g. huber_scale)
         # Guards against starving a domain on a poorly identified law (real runs: see docs/samplers.md).
-        # Preventive guards: off by default since issue 5's reactive guard (the numbers: benchmarks/RESULTS.md);
-        # the earlier defaults were min_prior_share 0.5 and unidentified prior.
+        # Preventive guards: min_prior_share off since issue 5's reactive guard; unidentified prior again since
+        # the H100 plateau runs (the numbers: benchmarks/RESULTS.md, docs/samplers.md "Which configuration").
         "min_prior_share": 0.0,  # no domain's target or weight below this x its prior weight (until floor_relax lifts it)
         "floor_relax": 0.5,  # per successive refit with a domain's law identified, lift this share of its remaining prior floor; 0: never
-        "unidentified": "fit",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
+        "unidentified": "prior",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
         "shrink": 0.0,  # pull the law's optimum this far toward the prior before it moves the target
         # Reactive guard (evidence of harm): a domain that got less than its prior share (harm_cut) since its best
         # smoothed validation loss, and whose smoothed loss has since risen by more than harm_guard x its
@@ -289,11 +291,12 @@ class TransferSampler(MixtureSampler):
             raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
 
     def _prior(self) -> np.ndarray:
-        # auto: the natural mixture when the data sizes are known. In real runs it was the best
-        # baseline, and the guards fall back to the prior wherever the laws are not identified.
+        # auto: the temperature mixture when the data sizes are known. It was the best or level-best
+        # fixed mixture on every real benchmark, and the guards fall back to the prior wherever the
+        # laws are not identified, so the prior is what a run gets where the laws say nothing.
         prior = self.options["prior"]
         if prior in ("proportional", "temperature") or (prior == "auto" and self.available is not None):
-            w = temperature_mixture(self.available, self.prior_tau if prior == "temperature" else 1.0)
+            w = temperature_mixture(self.available, 1.0 if prior == "proportional" else self.prior_tau)
         else:
             w = np.full(self.k, 1.0 / self.k)
         return project_to_floor(cap_fill(w, self.caps), self.floor)

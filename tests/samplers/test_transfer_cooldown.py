@@ -45,7 +45,8 @@ def test_cooldown_holds_the_target_without_dither() -> None:
 def test_cooldown_prior_blends_the_prior_into_the_final_mixture() -> None:
     prior = np.array([0.5, 0.3, 0.2])  # proportional to `available`
     for share in (1.0, 0.5):
-        late = [(w, t) for frac, phase, w, t in run(cooldown=0.2, cooldown_prior=share, available=[500, 300, 200])
+        late = [(w, t) for frac, phase, w, t in run(cooldown=0.2, cooldown_prior=share, available=[500, 300, 200],
+                                                     prior="proportional")
                 if phase == "cooldown"]
         assert late
         for w, t in late:

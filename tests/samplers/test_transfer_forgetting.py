@@ -17,8 +17,10 @@ PRIOR = np.array([0.5, 0.25, 0.25])
 BUDGET = 60_000.0
 PER_STEP = 1_000.0
 SCALE = 0.1 * BUDGET  # the recent-share EMA's time constant, as the sampler's default
-SAMPLER = dict(seed=0, total_budget=BUDGET, available=AVAILABLE, family="power", min_points=5, refit_every=1,
-               warmup_fraction=0.02, harm_guard=0.0)
+# The world's recency effects are defined against the proportional shares, so that is the prior here;
+# the other guards are off, so that what limits a cut is the forgetting penalty alone.
+SAMPLER = dict(seed=0, total_budget=BUDGET, available=AVAILABLE, prior="proportional", family="power", min_points=5,
+               refit_every=1, warmup_fraction=0.02, harm_guard=0.0, unidentified="fit")
 
 
 def clean_loss(consumed: np.ndarray) -> np.ndarray:

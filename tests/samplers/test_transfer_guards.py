@@ -142,8 +142,8 @@ def test_project_to_floors_keeps_ratios_above_floors() -> None:
     assert w[0] == pytest.approx(0.7)
 
 
-def test_default_prior_is_proportional_when_available_is_given() -> None:
-    available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
+def test_default_prior_is_the_temperature_mixture_when_available_is_given() -> None:
+    available = {"ct": 40_000, "mri": 10_000, "pet": 2_500}
     s = make(available=available)
-    np.testing.assert_allclose(s.prior_w, np.array([20.0, 6.0, 2.0]) / 28.0)
+    np.testing.assert_allclose(s.prior_w, np.array([4.0, 2.0, 1.0]) / 7.0)  # available^(1/2)
     np.testing.assert_allclose(make().prior_w, 1.0 / 3.0)

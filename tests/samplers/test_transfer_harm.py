@@ -108,7 +108,7 @@ def test_a_burst_then_starvation_is_a_cut() -> None:
     phases = [(10, prior), (10, np.array([0.8, 0.1, 0.1])), (20, np.array([0.01, 0.495, 0.495]))]
 
     def run(**opts: object) -> object:
-        s = build("transfer", DOMAINS, **{**BASE, "available": [100, 450, 450], **opts})
+        s = build("transfer", DOMAINS, **{**BASE, "available": [100, 450, 450], "prior": "proportional", **opts})
         consumed, step = np.zeros(3), 0
         for n, w in phases:
             for _ in range(n):

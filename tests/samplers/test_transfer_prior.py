@@ -11,10 +11,12 @@ DOMAINS = ["ct", "mri", "pet"]
 AVAILABLE = [6400, 1600, 400]
 
 
-def test_prior_auto_is_proportional_given_the_data_sizes() -> None:
+def test_prior_auto_is_the_temperature_mixture_given_the_data_sizes() -> None:
     s = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE)
-    np.testing.assert_allclose(s.prior_w, np.array(AVAILABLE) / sum(AVAILABLE))
+    np.testing.assert_allclose(s.prior_w, np.array([80.0, 40.0, 20.0]) / 140.0)  # available^(1/2), prior_tau 2
     assert np.allclose(build("transfer", DOMAINS, total_budget=10_000).prior_w, 1 / 3)  # no sizes: uniform
+    proportional = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="proportional")
+    np.testing.assert_allclose(proportional.prior_w, np.array(AVAILABLE) / sum(AVAILABLE))
 
 
 @pytest.mark.parametrize(("tau", "expected"), [(2.0, [80, 40, 20]), (1.0, AVAILABLE), ("inf", [1, 1, 1])])
