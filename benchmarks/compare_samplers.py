@@ -71,7 +71,7 @@ def run_simulated(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"compare_samplers.py --simulated: error: {exc}") from exc
     if args.timing:
-        result["refit_timing"] = [simulate.refit_timing(k, rotate=r) for k, r in ((3, False), (10, False), (10, True))]
+        result["refit_timing"] = simulate.refit_timings()
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
@@ -95,9 +95,7 @@ def run_simulated(args: argparse.Namespace) -> int:
     gains = [w["oracle_gain_vs_proportional"] for w in result["worlds"]]
     print(f"oracle gain vs proportional: mean {sum(gains) / len(gains):.2%}, max {max(gains):.2%}")
     for t in result.get("refit_timing", []):
-        print(f"transfer refit, {t['k']} domains, {t['points_at_last_refit']} val points, families "
-              f"{','.join(t['families_at_last_refit'])}: last {t['last_s'] * 1000:.0f} ms, "
-              f"max {t['max_s'] * 1000:.0f} ms over {t['refits']} refits")
+        print(simulate.format_refit_timing(t))
     if result["settings"].get("reused"):
         print(f"rows taken from {args.reuse}, not run again (they are as good as the code that made that file): "
               f"{', '.join(result['settings']['reused'])}")

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--transfer-variants", help="JSON {row name: transfer options}: extra transfer rows")
     sim.add_argument("--reuse", help="the JSON of an earlier run with the same worlds (--json): the samplers it "
                      "holds are taken from it and only the others are run")
+    sim.add_argument("--timing", action="store_true", help="also time transfer refits with 3 and 10 domains")
     sim.add_argument("--json", action="store_true", help="print the full result as JSON")
     sim.set_defaults(func=_simulate)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -66,6 +67,8 @@ def _simulate(args: argparse.Namespace) -> int:
     result = simulate.run_benchmark(args.worlds, seed=args.seed, samplers=samplers, seeds=args.seeds, jobs=args.jobs,
                                     forgetting=args.forgetting, interference=args.interference, plateau=args.plateau,
                                     variants=variants, reuse=simulate.load_reuse(args.reuse))
+    if args.timing:
+        result["refit_timing"] = simulate.refit_timings()
     if args.json:
         json.dump(result, sys.stdout, indent=1, allow_nan=False)
         print()
@@ -81,4 +84,6 @@ def _simulate(args: argparse.Namespace) -> int:
                 won, n = by_seed["all"]
                 lo, hi = simulate.wilson_interval(won, n)
                 print(f"{name}: beats the baselines on {won}/{n} hard worlds (95% CI {lo:.0%}-{hi:.0%})")
+        for t in result.get("refit_timing", []):
+            print(simulate.format_refit_timing(t))
     return 0

@@ -674,6 +674,22 @@ def refit_timing(k: int, points: int = 400, refit_every: int = 100, seed: int = 
             "last_s": float(times[-1]) if times else None, "max_s": float(np.max(times)) if times else None}
 
 
+REFIT_TIMING_CASES = ((3, False), (10, False), (10, True))  # (domains, rotate_challengers): issue 5's refit targets
+
+
+def refit_timings() -> list[dict[str, Any]]:
+    """``--timing``: ``refit_timing`` for 3 and 10 domains (and 10 with rotating challengers)."""
+    return [refit_timing(k, rotate=rotate) for k, rotate in REFIT_TIMING_CASES]
+
+
+def format_refit_timing(t: dict[str, Any]) -> str:
+    rotate = ", rotating challengers" if t["rotate_challengers"] else ""
+    last = "-" if t["last_s"] is None else f"{t['last_s'] * 1000:.0f} ms"
+    peak = "-" if t["max_s"] is None else f"{t['max_s'] * 1000:.0f} ms"
+    return (f"transfer refit, {t['k']} domains{rotate}, {t['points_at_last_refit']} val points, families "
+            f"{','.join(t['families_at_last_refit'])}: last {last}, max {peak} over {t['refits']} refits")
+
+
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     cols = [("vs_proportional_mean", "vs prop", "{:+.2%}"), ("gap_to_oracle_mean", "gap oracle", "{:+.2%}"),
             ("gap_to_oracle_max", "gap max", "{:+.2%}"), ("beats_proportional", "beats prop", "{:.0%}"),

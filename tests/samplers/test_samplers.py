@@ -277,6 +277,16 @@ def test_cli_lists_samplers_and_rejects_unknown(capsys, tmp_path) -> None:
     assert "--transfer-variants must map names" in capsys.readouterr().err
 
 
+def test_samplers_simulate_cli_times_refits(capsys) -> None:
+    """--timing (issue 5's refit targets: 3 and 10 domains with a full run's history), as in the benchmark script."""
+    from mixpretrain.cli import main
+
+    assert main(["samplers", "simulate", "--worlds", "1", "--samplers", "proportional", "--timing"]) == 0
+    out = capsys.readouterr().out
+    assert "transfer refit, 3 domains" in out and "transfer refit, 10 domains, rotating challengers" in out
+    assert "last " in out and " ms over " in out
+
+
 def test_transfer_family_options() -> None:
     s = build("transfer", DOMAINS, **options("transfer"), family=["power", "transfer"], ensemble=True,
               rotate_challengers=True)
