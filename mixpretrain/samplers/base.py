@@ -17,6 +17,7 @@ turned that into different mixtures at OMP_NUM_THREADS=1 and 2 (benchmarks/RESUL
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -259,6 +260,20 @@ class MixtureSampler:
             raise SamplerError(f"sampler '{self.name}': option 'total_budget' (samples planned for the run) is required")
         return self.total_budget
 
+    def _warn_changed_options(self, saved: Mapping[str, Any] | None) -> None:
+        """A resumed run whose sampler options differ from the saved run's (a config edit, or a
+        default that changed between versions) continues under the current ones, with a warning
+        naming each difference. States saved before options were recorded are not checked."""
+        if saved is None:
+            return
+        saved = json.loads(json.dumps(to_jsonable(dict(saved)), default=str))
+        now = json.loads(json.dumps(to_jsonable(self.options), default=str))
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if changed:
+            log.warning("sampler '%s': resumed with options that differ from the saved run's (it continues under "
+                        "the current ones): %s", self.name,
+                        "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
+
     # ----------------------------------------------------------------- the contract
     def weights(self) -> np.ndarray:
         """Sampling probabilities in domain order: finite, sum 1, each >= floor."""
@@ -319,6 +334,7 @@ class MixtureSampler:
             "last_step": self.last_step,
             "skipped_losses": self.skipped_losses,
             "w": to_jsonable(self._w),
+            "options": to_jsonable(self.options),  # checked on load: a resumed run should not change them silently
         }
         for key in self.STATE_FIELDS:
             state[key] = to_jsonable(getattr(self, key))
@@ -334,6 +350,7 @@ class MixtureSampler:
         missing = [k for k in ("n_obs", "w", *self.STATE_FIELDS) if k not in state]
         if missing:
             raise SamplerError(f"sampler '{self.name}': state lacks keys {missing}")
+        self._warn_changed_options(state.get("options"))
         self.n_obs = int(state["n_obs"])
         self.last_step = int(state.get("last_step", -1))
         self.skipped_losses = int(state.get("skipped_losses", 0))

@@ -774,7 +774,17 @@ class TransferSampler(MixtureSampler):
         return 1.0 if self._recency_shown() else 0.0
 
     # ------------------------------------------------------------------ state / diagnostics
+    def state_dict(self) -> dict[str, Any]:
+        # The prior the run used: `prior: auto` changed meaning between versions (proportional ->
+        # temperature), which the options alone do not show.
+        return {**super().state_dict(), "prior_weights": to_jsonable(self.prior_w)}
+
     def load_state_dict(self, state: Any) -> None:
+        saved_prior = state.get("prior_weights")
+        if saved_prior is not None and not np.allclose(np.asarray(saved_prior, dtype=np.float64), self.prior_w, atol=1e-9):
+            log.warning("sampler 'transfer': resumed with a prior mixture %s that differs from the saved run's %s "
+                        "(its `prior` or `available`, or the meaning of `prior: auto`, changed); the run continues "
+                        "under the current one", np.round(self.prior_w, 4).tolist(), np.round(saved_prior, 4).tolist())
         if "doubt" not in state:  # a state saved before floors relaxed: no evidence yet
             state = {**state, "doubt": [1.0] * self.k}
         if "harmed" not in state:  # a state saved before the reactive guard: no domain flagged

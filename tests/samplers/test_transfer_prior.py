@@ -52,3 +52,18 @@ def test_prior_temperature_ends_a_cooldown_prior_run_on_the_temperature_mixture(
 def test_bad_prior_options_are_refused_by_name(opts, message) -> None:
     with pytest.raises(SamplerError, match=message):
         build("transfer", DOMAINS, total_budget=10_000, **opts)
+
+
+def test_resume_under_a_different_prior_is_logged(caplog) -> None:
+    """A run saved under one prior (e.g. before `prior: auto` meant temperature) and resumed under
+    another continues, but says so, naming the changed option and both mixtures."""
+    saved = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="proportional").state_dict()
+    same = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="proportional")
+    with caplog.at_level("WARNING"):
+        same.load_state_dict(saved)
+    assert "differ" not in caplog.text
+    resumed = build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE)
+    with caplog.at_level("WARNING"):
+        resumed.load_state_dict(saved)
+    assert "prior: 'proportional' -> 'auto'" in caplog.text
+    assert "prior mixture [0.5714, 0.2857, 0.1429] that differs from the saved run's [0.7619, 0.1905, 0.0476]" in caplog.text
