@@ -94,13 +94,8 @@ def run_simulated(args: argparse.Namespace) -> int:
               f"95% CI {lo:.0%}-{hi:.0%})" + (f"; per seed {per_seed}" if seeds > 1 else ""))
     gains = [w["oracle_gain_vs_proportional"] for w in result["worlds"]]
     print(f"oracle gain vs proportional: mean {sum(gains) / len(gains):.2%}, max {max(gains):.2%}")
-    for t in result.get("refit_timing", []):
-        print(simulate.format_refit_timing(t))
-    if result["settings"].get("reused"):
-        print(f"rows taken from {args.reuse}, not run again (they are as good as the code that made that file): "
-              f"{', '.join(result['settings']['reused'])}")
-    if result["settings"].get("stale"):
-        print(f"rows run again, the file's were made under other default options: {', '.join(result['settings']['stale'])}")
+    for line in simulate.format_notes(result, args.reuse):
+        print(line)
     print(f"total {result['seconds']:.1f} s")
     return 0
 

@@ -263,8 +263,11 @@ class MixtureSampler:
     def _warn_changed_options(self, saved: Mapping[str, Any] | None) -> None:
         """A resumed run whose sampler options differ from the saved run's (a config edit, or a
         default that changed between versions) continues under the current ones, with a warning
-        naming each difference. States saved before options were recorded are not checked."""
+        naming each difference. A state saved before options were recorded cannot be checked: says so."""
         if saved is None:
+            log.warning("sampler '%s': the saved state does not record its options (an earlier mixpretrain "
+                        "version): cannot check that the run resumes under the same ones; defaults that changed "
+                        "since are listed in docs/samplers.md", self.name)
             return
         saved = json.loads(json.dumps(to_jsonable(dict(saved)), default=str))
         now = json.loads(json.dumps(to_jsonable(self.options), default=str))

@@ -75,15 +75,11 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         print(simulate.format_table(result["table"]))
         print(f"hard worlds: {result['hard_worlds']}; {result['seconds']:.1f} s")
-        if result["settings"].get("reused"):
-            print(f"rows taken from {args.reuse}, not run again: {', '.join(result['settings']['reused'])}")
-        if result["settings"].get("stale"):
-            print(f"rows run again, the file's were made under other default options: {', '.join(result['settings']['stale'])}")
+        for line in simulate.format_notes(result, args.reuse):
+            print(line)
         for name, by_seed in result["hard_wins_by_seed"].items():
             if "all" in by_seed:
                 won, n = by_seed["all"]
                 lo, hi = simulate.wilson_interval(won, n)
                 print(f"{name}: beats the baselines on {won}/{n} hard worlds (95% CI {lo:.0%}-{hi:.0%})")
-        for t in result.get("refit_timing", []):
-            print(simulate.format_refit_timing(t))
     return 0

@@ -690,6 +690,17 @@ def format_refit_timing(t: dict[str, Any]) -> str:
             f"{','.join(t['families_at_last_refit'])}: last {last}, max {peak} over {t['refits']} refits")
 
 
+def format_notes(result: dict[str, Any], reuse_path: str | None) -> list[str]:
+    """The lines both simulate CLIs print under the table: rows reused or rerun, refit timings."""
+    settings, lines = result["settings"], []
+    if settings.get("reused"):
+        lines.append(f"rows taken from {reuse_path}, not run again (they are as good as the code that made that "
+                     f"file): {', '.join(settings['reused'])}")
+    if settings.get("stale"):
+        lines.append(f"rows run again, the file's were made under other default options: {', '.join(settings['stale'])}")
+    return lines + [format_refit_timing(t) for t in result.get("refit_timing", [])]
+
+
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     cols = [("vs_proportional_mean", "vs prop", "{:+.2%}"), ("gap_to_oracle_mean", "gap oracle", "{:+.2%}"),
             ("gap_to_oracle_max", "gap max", "{:+.2%}"), ("beats_proportional", "beats prop", "{:.0%}"),

@@ -781,7 +781,15 @@ class TransferSampler(MixtureSampler):
 
     def load_state_dict(self, state: Any) -> None:
         saved_prior = state.get("prior_weights")
-        if saved_prior is not None and not np.allclose(np.asarray(saved_prior, dtype=np.float64), self.prior_w, atol=1e-9):
+        if saved_prior is None and "options" not in state:
+            # Saved before the prior was recorded, when the defaults were `prior: auto` = proportional and
+            # `unidentified: fit`: the resumed run switches to the current defaults unless told otherwise.
+            log.warning("sampler 'transfer': state saved by an earlier version, whose defaults were prior: auto = "
+                        "proportional and unidentified: fit; set prior: proportional, unidentified: fit to resume as "
+                        "it was saved (the run continues under the current options: prior %r, unidentified %r)",
+                        self.options["prior"], self.options["unidentified"])
+        elif saved_prior is not None and not np.allclose(np.asarray(saved_prior, dtype=np.float64), self.prior_w,
+                                                         atol=1e-9):
             log.warning("sampler 'transfer': resumed with a prior mixture %s that differs from the saved run's %s "
                         "(its `prior` or `available`, or the meaning of `prior: auto`, changed); the run continues "
                         "under the current one", np.round(self.prior_w, 4).tolist(), np.round(saved_prior, 4).tolist())

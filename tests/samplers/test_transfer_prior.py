@@ -67,3 +67,10 @@ def test_resume_under_a_different_prior_is_logged(caplog) -> None:
         resumed.load_state_dict(saved)
     assert "prior: 'proportional' -> 'auto'" in caplog.text
     assert "prior mixture [0.5714, 0.2857, 0.1429] that differs from the saved run's [0.7619, 0.1905, 0.0476]" in caplog.text
+    # A state saved before options and prior were recorded (the old defaults): the way back is named.
+    caplog.clear()
+    old = {k: v for k, v in saved.items() if k not in ("options", "prior_weights")}
+    with caplog.at_level("WARNING"):
+        build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE).load_state_dict(old)
+    assert "does not record its options" in caplog.text
+    assert "set prior: proportional, unidentified: fit to resume as it was saved" in caplog.text
