@@ -39,7 +39,8 @@ rejected and the previous law kept.
 Guards (real pretraining showed the law-optimal mixture starving domains, whose loss then rose:
 forgetting depends on the recent mixture, which laws in cumulative counts cannot see): a domain
 whose fitted alpha or E sits on the fitter's bound is never cut below its prior share of the
-optimum (``unidentified``), the optimum can be shrunk toward the prior (``shrink``), and no target
+optimum (``unidentified: prior``; with ``misfit``, opt-in, only while its drop is unresolved or the law
+misfits its curve), the optimum can be shrunk toward the prior (``shrink``), and no target
 or weight goes below ``min_prior_share`` x the prior weight until the domain's law has been
 identified at several successive refits (``floor_relax``: the floor relaxes toward ``floor`` as
 that evidence accumulates, and returns as soon as the law is on a bound again).
@@ -140,7 +141,8 @@ class TransferSampler(MixtureSampler):
         # the H100 plateau runs (the numbers: benchmarks/RESULTS.md, docs/samplers.md "Which configuration").
         "min_prior_share": 0.0,  # no domain's target or weight below this x its prior weight (until floor_relax lifts it)
         "floor_relax": 0.5,  # per successive refit with a domain's law identified, lift this share of its remaining prior floor; 0: never
-        "unidentified": "prior",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | fit
+        "unidentified": "prior",  # prior: a domain whose own exponent or E sits on a fit bound is not cut below its prior share | misfit | fit
+        "misfit_ratio": 1.2,  # unidentified: misfit: hold a bound-sitting domain whose law residual exceeds this x its curve's noise
         "shrink": 0.0,  # pull the law's optimum this far toward the prior before it moves the target
         # Reactive guard (evidence of harm): a domain that got less than its prior share (harm_cut) since its best
         # smoothed validation loss, and whose smoothed loss has since risen by more than harm_guard x its
@@ -256,8 +258,10 @@ class TransferSampler(MixtureSampler):
         self.caps = repetition_caps(self, max_epochs)  # fractions of the budget, or None
         self.min_prior_share = self._opt_float("min_prior_share", 0.0, 1.0)
         self.floor_relax = self._opt_float("floor_relax", 0.0, 1.0)
-        if o["unidentified"] not in ("prior", "fit"):
-            raise SamplerError(f"sampler 'transfer' option 'unidentified': expected prior or fit, got {o['unidentified']!r}")
+        if o["unidentified"] not in ("prior", "misfit", "fit"):
+            raise SamplerError("sampler 'transfer' option 'unidentified': expected prior, misfit or fit, "
+                               f"got {o['unidentified']!r}")
+        self.misfit_ratio = self._opt_float("misfit_ratio", 0.0)
         self.shrink = self._opt_float("shrink", 0.0, 1.0)
         self.harm_guard = self._opt_float("harm_guard", 0.0)
         self.harm_smoothing = self._opt_float("harm_smoothing", 0.0, 1.0)
@@ -571,17 +575,25 @@ class TransferSampler(MixtureSampler):
     def _guard(self, optimum: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         """Unidentified domains are not cut below their prior share; then shrink toward the prior;
         then the per-domain floors, relaxed by the evidence gathered so far."""
+        split = info.get("split", "val")
         held = self._unidentified()
+        resolved = self._resolved(split)
         # The identification evidence is gathered whatever `unidentified` says: it drives the floors.
         # A refit with the law on a bound, or with its effect on the domain below the noise,
         # resets it (weak evidence must not keep a floor lifted).
-        weak = held | ~self._resolved(info.get("split", "val"))
+        weak = held | ~resolved
         self.doubt = np.where(weak, 1.0, (1 - self.floor_relax) * self.doubt)
         self.floors = self._relax_floors()
+        if self.options["unidentified"] == "misfit":
+            # A bound-sitting fit that tracks a resolved drop within the noise is trusted; one whose
+            # drop is unresolved (a flat stretch) or that the law misfits (a plateau ending: a
+            # sigmoid through a power law) is held. Simulated: 40/56 hard wins against the
+            # prior rule's 33/56, plateau worlds 19/31 against 22/31 (benchmarks/RESULTS.md).
+            held = held & (~resolved | self._misfit(split))
         out = optimum.copy()
         if held.any():
             info["unidentified"] = [d for d, h in zip(self.domains, held, strict=True) if h]
-            if self.options["unidentified"] == "prior":
+            if self.options["unidentified"] != "fit":
                 # The law says nothing reliable about this domain, so it may not *cut* it (the
                 # real-run failure: a flat, bound-sitting fit read as "saturated" starved ct, whose
                 # loss then rose). Its prior share acts as its floor; the law may still give it
@@ -591,6 +603,22 @@ class TransferSampler(MixtureSampler):
                 out = project_to_floors(out, np.where(held, self.prior_w, 0.0))
         out = (1 - self.shrink) * out + self.shrink * self.prior_w
         return project_to_floors(out, self._target_floors())
+
+    def _misfit(self, split: str) -> np.ndarray:
+        """Domains whose law fits their own curve worse than its noise allows: mean |log residual|
+        above ``misfit_ratio`` x the expected |residual| of pure noise (0.8 sigma, sigma from the
+        curve's second differences, ``harm.point_noise``: model-free, so a misspecified law does
+        not inflate its own yardstick)."""
+        D, L, _ = self._data(split)
+        out = np.zeros(self.k, dtype=bool)
+        if self.fit is None or D.shape[0] < 4:
+            return out
+        with np.errstate(all="ignore"):
+            res = np.nanmean(np.abs(np.log(self.fit.predict(D)) - np.log(np.where(L > 0, L, np.nan))), axis=0)
+        for j in range(self.k):
+            y = np.log(L[np.isfinite(L[:, j]) & (L[:, j] > 0), j])
+            out[j] = y.size >= 4 and bool(res[j] > self.misfit_ratio * 0.8 * harm.point_noise(y))
+        return out
 
     def _resolved(self, split: str) -> np.ndarray:
         """Domains whose fitted loss change over the fitted points (first to last consumption) is

@@ -75,6 +75,37 @@ def test_unidentified_domain_keeps_its_prior_share() -> None:
     assert s.target[0] == pytest.approx(1.0 / 3.0, abs=0.03)
 
 
+def test_misfit_rule_trusts_a_bound_fit_that_tracks_a_resolved_drop() -> None:
+    """mri follows a clean power law with E = 0 (on the fitter's bound, but the drop is resolved and
+    fitted within the noise): the prior rule holds it, the misfit rule holds only the flat ct."""
+    def loss(consumed: np.ndarray) -> np.ndarray:
+        return np.array([0.7, 3.0 * (1.0 + consumed[1]) ** -0.4, 0.2 + 4.0 * (1.0 + consumed[2]) ** -0.5])
+
+    held = {}
+    for rule in ("prior", "misfit"):
+        s = make(min_prior_share=0.0, unidentified=rule)
+        consumed = np.zeros(3)
+        for step in range(1, 51):
+            consumed = consumed + s.weights() * 500.0
+            obs = loss(consumed) * np.exp(0.002 * np.random.default_rng(step).standard_normal(3))
+            s.observe(step, consumed, dict(zip(DOMAINS, obs.tolist(), strict=True)), "val")
+        held[rule] = s.diagnostics()["last_refit"].get("unidentified", [])
+    assert held == {"prior": ["ct", "mri"], "misfit": ["ct"]}
+
+
+def test_misfit_flags_a_curve_the_law_cannot_follow() -> None:
+    """A plateau that ends (flat, then a drop) misfits a power law; clean power-law curves do not."""
+    s = make(min_prior_share=0.0, unidentified="misfit")
+    consumed = np.zeros(3)
+    for step in range(1, 51):
+        consumed = consumed + s.weights() * 500.0
+        clean = flat_ct_loss(consumed)
+        clean[0] = 0.9 - 0.3 / (1.0 + (3000.0 / max(consumed[0], 1.0)) ** 4)  # flat at 0.9, then 0.6
+        obs = clean * np.exp(0.002 * np.random.default_rng(step).standard_normal(3))
+        s.observe(step, consumed, dict(zip(DOMAINS, obs.tolist(), strict=True)), "val")
+    assert s._misfit("val").tolist() == [True, False, False]
+
+
 def test_proportional_prior_floors_follow_the_prior() -> None:
     available = {"ct": 20_000, "mri": 6_000, "pet": 2_000}
     prior = np.array([20.0, 6.0, 2.0]) / 28.0
@@ -127,6 +158,7 @@ def test_shrink_pulls_the_optimum_to_the_prior() -> None:
 @pytest.mark.parametrize(("opts", "match"), [
     ({"min_prior_share": 1.5}, "min_prior_share"),
     ({"unidentified": "drop"}, "unidentified"),
+    ({"misfit_ratio": -1.0}, "misfit_ratio"),
     ({"shrink": -0.1}, "shrink"),
     ({"floor_relax": 2.0}, "floor_relax"),
 ])
