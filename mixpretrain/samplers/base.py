@@ -271,7 +271,14 @@ class MixtureSampler:
             return
         saved = json.loads(json.dumps(to_jsonable(dict(saved)), default=str))
         now = json.loads(json.dumps(to_jsonable(self.options), default=str))
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        defaults = json.loads(json.dumps(to_jsonable({**COMMON_OPTIONS, **self.OPTIONS}), default=str))
+        # An option added after the state was saved, and left at its default, is not a change: a new
+        # option's default keeps the behaviour the saved run had (e.g. `misfit_ratio` in stop 23).
+        added = sorted(k for k in set(now) - set(saved) if now[k] == defaults.get(k))
+        if added:
+            log.info("sampler '%s': options added since the state was saved, at their defaults: %s",
+                     self.name, ", ".join(added))
+        changed = sorted(k for k in (set(saved) | set(now)) - set(added) if saved.get(k) != now.get(k))
         if changed:
             log.warning("sampler '%s': resumed with options that differ from the saved run's (it continues under "
                         "the current ones): %s", self.name,

@@ -67,6 +67,16 @@ def test_resume_under_a_different_prior_is_logged(caplog) -> None:
         resumed.load_state_dict(saved)
     assert "prior: 'proportional' -> 'auto'" in caplog.text
     assert "prior mixture [0.5714, 0.2857, 0.1429] that differs from the saved run's [0.7619, 0.1905, 0.0476]" in caplog.text
+    # An option added after the state was saved, at its default, is not a change (stop 23's misfit_ratio).
+    caplog.clear()
+    before = {**saved, "options": {k: v for k, v in same.state_dict()["options"].items() if k != "misfit_ratio"}}
+    with caplog.at_level("WARNING"):
+        build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="proportional").load_state_dict(before)
+    assert "differ" not in caplog.text
+    with caplog.at_level("WARNING"):
+        build("transfer", DOMAINS, total_budget=10_000, available=AVAILABLE, prior="proportional",
+              misfit_ratio=2.0).load_state_dict(before)
+    assert "misfit_ratio: None -> 2.0" in caplog.text
     # A state saved before options and prior were recorded (the old defaults): the way back is named.
     caplog.clear()
     old = {k: v for k, v in saved.items() if k not in ("options", "prior_weights")}
