@@ -269,9 +269,10 @@ class MixtureSampler:
                         "version): cannot check that the run resumes under the same ones; defaults that changed "
                         "since are listed in docs/samplers.md", self.name)
             return
-        saved = json.loads(json.dumps(to_jsonable(dict(saved)), default=str))
-        now = json.loads(json.dumps(to_jsonable(self.options), default=str))
-        defaults = json.loads(json.dumps(to_jsonable({**COMMON_OPTIONS, **self.OPTIONS}), default=str))
+        def as_json(options: Mapping[str, Any]) -> dict[str, Any]:  # compare what a state file holds
+            return json.loads(json.dumps(to_jsonable(dict(options)), default=str))
+
+        saved, now, defaults = as_json(saved), as_json(self.options), as_json({**COMMON_OPTIONS, **self.OPTIONS})
         # An option added after the state was saved, and left at its default, is not a change: a new
         # option's default keeps the behaviour the saved run had (e.g. `misfit_ratio` in stop 23).
         added = sorted(k for k in set(now) - set(saved) if now[k] == defaults.get(k))

@@ -604,20 +604,31 @@ class TransferSampler(MixtureSampler):
         out = (1 - self.shrink) * out + self.shrink * self.prior_w
         return project_to_floors(out, self._target_floors())
 
+    def _fit_residual(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(log prediction, log observation, mean |log residual| per domain) of the law in use on the
+        fitted points of ``split`` (non-positive losses as NaN); None without a law or 2 points."""
+        if self.fit is None or not self.points:
+            return None
+        D, L, _ = self._data(split)
+        if D.shape[0] < 2:
+            return None
+        with np.errstate(all="ignore"):
+            log_pred, log_obs = np.log(self.fit.predict(D)), np.log(np.where(L > 0, L, np.nan))
+            return log_pred, log_obs, np.nanmean(np.abs(log_pred - log_obs), axis=0)
+
     def _misfit(self, split: str) -> np.ndarray:
         """Domains whose law fits their own curve worse than its noise allows: mean |log residual|
         above ``misfit_ratio`` x the expected |residual| of pure noise (0.8 sigma, sigma from the
         curve's second differences, ``harm.point_noise``: model-free, so a misspecified law does
         not inflate its own yardstick)."""
-        D, L, _ = self._data(split)
         out = np.zeros(self.k, dtype=bool)
-        if self.fit is None or D.shape[0] < 4:
+        fitted = self._fit_residual(split)
+        if fitted is None or fitted[0].shape[0] < 4:
             return out
-        with np.errstate(all="ignore"):
-            res = np.nanmean(np.abs(np.log(self.fit.predict(D)) - np.log(np.where(L > 0, L, np.nan))), axis=0)
+        _, log_obs, residual = fitted
         for j in range(self.k):
-            y = np.log(L[np.isfinite(L[:, j]) & (L[:, j] > 0), j])
-            out[j] = y.size >= 4 and bool(res[j] > self.misfit_ratio * 0.8 * harm.point_noise(y))
+            y = log_obs[np.isfinite(log_obs[:, j]), j]
+            out[j] = y.size >= 4 and bool(residual[j] > self.misfit_ratio * 0.8 * harm.point_noise(y))
         return out
 
     def _resolved(self, split: str) -> np.ndarray:
@@ -625,16 +636,11 @@ class TransferSampler(MixtureSampler):
         more than RESOLVE_NOISE x the law's mean absolute log residual on that domain. A flat curve
         fitted with alpha or E just inside the bounds (a 0.1% drop under 0.2% noise) is not
         evidence about what the domain's loss does with less data; a resolved drop is."""
-        if self.fit is None or not self.points:
+        fitted = self._fit_residual(split)
+        if fitted is None:
             return np.zeros(self.k, dtype=bool)
-        D, L, _ = self._data(split)
-        if D.shape[0] < 2:
-            return np.zeros(self.k, dtype=bool)
-        with np.errstate(all="ignore"):
-            pred = self.fit.predict(D)
-            change = np.abs(np.log(pred[-1]) - np.log(pred[0]))
-            res = np.abs(np.log(pred) - np.log(np.where(L > 0, L, np.nan)))
-            noise = np.nanmean(res, axis=0)
+        log_pred, _, noise = fitted
+        change = np.abs(log_pred[-1] - log_pred[0])
         return np.isfinite(change) & np.isfinite(noise) & (change > RESOLVE_NOISE * noise)
 
     def _check_harm(self, step: int) -> None:
