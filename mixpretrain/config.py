@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the reason."""
+    """A config file or override is invalid; the message names the key and the reason.
+
+    ``key`` is the dotted config key at fault where one is known: it lets ``load_config`` say
+    whether the bad value came from the YAML file or from a command-line override."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -117,7 +125,7 @@ def _valid_keys(cls: type, prefix: str = "") -> list[str]:
 def _unknown_key(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, _valid_keys(RunConfig), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key '{key}'{hint}", key=key)
 
 
 def _coerce(key: str, value: Any, ftype: Any) -> Any:
@@ -131,22 +139,22 @@ def _coerce(key: str, value: Any, ftype: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{key}': value {value!r} does not match {ftype}")
+        raise ConfigError(f"config key '{key}': value {value!r} does not match {ftype}", key=key)
     if origin is list:
         (item_type,) = typing.get_args(ftype)
         if key == "data.crop_size" and isinstance(value, int):
             value = [value] * 3  # one int means a cube
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}", key=key)
         return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}", key=key)
         return dict(value)
     if ftype is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}", key=key)
     if ftype is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if ftype is float and isinstance(value, str):
@@ -158,7 +166,7 @@ def _coerce(key: str, value: Any, ftype: Any) -> Any:
         return value
     if ftype is str and isinstance(value, str):
         return value
-    raise ConfigError(f"config key '{key}': expected {getattr(ftype, '__name__', ftype)}, got {value!r}")
+    raise ConfigError(f"config key '{key}': expected {getattr(ftype, '__name__', ftype)}, got {value!r}", key=key)
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
@@ -179,26 +187,52 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Numeric ranges checked before any process starts (a value out of range would otherwise fail deep
+# inside torch or a DataLoader worker, after the process group and the engine were built).
+_RANGES: tuple[tuple[str, str, float], ...] = (
+    ("data.crops_per_volume", ">=", 1), ("data.num_workers", ">=", 0), ("data.shuffle_buffer", ">=", 0),
+    ("data.prefetch_factor", ">=", 1), ("data.val_crops_per_domain", ">=", 1), ("model.patch_size", ">=", 1),
+    ("train.max_steps", ">=", 1), ("train.micro_batch_size", ">=", 1), ("train.grad_accum_steps", ">=", 1),
+    ("train.checkpoint_every", ">=", 1), ("train.eval_every", ">=", 1), ("train.log_every", ">=", 1),
+    ("train.keep_checkpoints", ">=", 1), ("train.lr", ">", 0), ("train.min_lr", ">=", 0),
+    ("train.weight_decay", ">=", 0), ("train.warmup_steps", ">=", 0), ("train.decay_fraction", ">=", 0),
+    ("train.decay_fraction", "<=", 1), ("train.grad_clip", ">=", 0), ("train.seed", ">=", 0),
+    ("sampler.update_every", ">=", 1),
+)
+_COMPARE = {">=": lambda v, b: v >= b, ">": lambda v, b: v > b, "<=": lambda v, b: v <= b}
+
+
+def _get(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _validate(cfg: RunConfig) -> None:
+    for key, op, bound in _RANGES:
+        value = _get(cfg, key)
+        if not (math.isfinite(value) and _COMPARE[op](value, bound)):
+            raise ConfigError(f"config key '{key}': must be {op} {bound:g}, got {value}", key=key)
     if len(cfg.data.crop_size) != 3 or any(c <= 0 for c in cfg.data.crop_size):
-        raise ConfigError(f"config key 'data.crop_size': expected one int or three positive ints, got {cfg.data.crop_size}")
+        raise ConfigError(f"config key 'data.crop_size': expected one int or three positive ints, got {cfg.data.crop_size}",
+                          key="data.crop_size")
     if any(c % cfg.model.patch_size for c in cfg.data.crop_size):
         raise ConfigError(
-            f"config key 'data.crop_size': {cfg.data.crop_size} must be a multiple of model.patch_size={cfg.model.patch_size}"
+            f"config key 'data.crop_size': {cfg.data.crop_size} must be a multiple of model.patch_size={cfg.model.patch_size}",
+            key="data.crop_size",
         )
     if not 0.0 < cfg.model.mask_ratio < 1.0:
-        raise ConfigError(f"config key 'model.mask_ratio': must be in (0, 1), got {cfg.model.mask_ratio}")
+        raise ConfigError(f"config key 'model.mask_ratio': must be in (0, 1), got {cfg.model.mask_ratio}",
+                          key="model.mask_ratio")
     if cfg.train.schedule not in ("cosine", "wsd"):
-        raise ConfigError(f"config key 'train.schedule': expected cosine or wsd, got {cfg.train.schedule!r}")
+        raise ConfigError(f"config key 'train.schedule': expected cosine or wsd, got {cfg.train.schedule!r}",
+                          key="train.schedule")
     if cfg.train.precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"config key 'train.precision': expected auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
+        raise ConfigError(f"config key 'train.precision': expected auto, bf16, fp16 or fp32, got {cfg.train.precision!r}",
+                          key="train.precision")
     if cfg.train.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"config key 'train.zero_stage': expected 0..3, got {cfg.train.zero_stage}")
-    for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "checkpoint_every", "eval_every", "log_every"):
-        if getattr(cfg.train, key) <= 0:
-            raise ConfigError(f"config key 'train.{key}': must be positive, got {getattr(cfg.train, key)}")
-    if cfg.sampler.update_every <= 0:
-        raise ConfigError(f"config key 'sampler.update_every': must be positive, got {cfg.sampler.update_every}")
+        raise ConfigError(f"config key 'train.zero_stage': expected 0..3, got {cfg.train.zero_stage}", key="train.zero_stage")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -235,8 +269,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     raw = json.loads(json.dumps(raw or {}))  # deep copy; YAML gives plain types
     for text in overrides or []:
         key, value = parse_override(text)
-        root = key.split(".")[0]
-        if root not in {f.name for f in dataclasses.fields(RunConfig)}:
+        if key not in _valid_keys(RunConfig) and not key.startswith(tuple(f"{k}." for k in _FREE_FORM)):
             raise _unknown_key(key)
         _set_dotted(raw, key, value)
     cfg = _build(RunConfig, raw)
@@ -258,8 +291,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as exc:
+        # Name where the bad key or value came from: the command line or the file.
+        given = [parse_override(t)[0] for t in overrides or []]
+        if exc.key is not None and any(exc.key == k or exc.key.startswith((f"{k}.", f"{k}[")) for k in given):
+            raise ConfigError(f"command-line override: {exc}", key=exc.key) from exc
         if path is not None:
-            raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}", key=exc.key) from exc
         raise
 
 

@@ -39,6 +39,33 @@ def test_unknown_key_in_yaml_names_file(tmp_path: Path):
         load_config(path)
 
 
+def test_bad_override_is_attributed_to_the_command_line_not_the_file(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 5\n")
+    with pytest.raises(ConfigError, match=r"^command-line override: unknown config key 'train.max_step'"):
+        load_config(path, ["train.max_step=5"])
+    with pytest.raises(ConfigError, match=r"^command-line override: config key 'data.crop_size'"):
+        load_config(path, ["data.crop_size=[32,32]"])
+    path.write_text("train:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: config key 'train.lr': must be > 0, got -1"):
+        load_config(path, ["train.max_steps=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", r"'train.lr': must be > 0, got -1"),
+    ("train.lr=.nan", r"'train.lr': must be > 0, got nan"),
+    ("data.crops_per_volume=0", r"'data.crops_per_volume': must be >= 1, got 0"),
+    ("data.num_workers=-1", r"'data.num_workers': must be >= 0"),
+    ("train.decay_fraction=1.5", r"'train.decay_fraction': must be <= 1"),
+    ("train.keep_checkpoints=0", r"'train.keep_checkpoints': must be >= 1"),
+    ("train.warmup_steps=-3", r"'train.warmup_steps': must be >= 0"),
+])
+def test_out_of_range_values_fail_before_training(override: str, message: str):
+    """Values that would otherwise fail deep inside torch or a DataLoader worker, after the engine was built."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
 def test_wrong_type_names_key_and_value():
     with pytest.raises(ConfigError, match=r"train.max_steps.*'ten'"):
         load_config(None, ["train.max_steps=ten"])

@@ -295,7 +295,8 @@ class DomainStream(IterableDataset):
             self._no_progress(f"{url} again")
             return True
         self._failed_now.add(url)
-        first = str(exn.args[0]) if exn.args else type(exn).__name__
+        # OSError's first arg is its errno (e.g. "FileNotFoundError: 2"): its str names the reason and file.
+        first = str(exn.args[0]) if exn.args and isinstance(exn.args[0], str) else (str(exn) or type(exn).__name__)
         self._failure("bad_shards", url, f"{type(exn).__name__}: {first}")
         return True
 

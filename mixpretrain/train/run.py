@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixpretrain.config import ConfigError, RunConfig, config_to_dict
+from mixpretrain.config import ConfigError, RunConfig, config_diff, config_from_dict, config_to_dict
 from mixpretrain.data.mixture import MixtureStream, build_loader, derive_seed
 from mixpretrain.provenance import code_record
 from mixpretrain.train import checkpoint as ckpt
@@ -55,7 +55,28 @@ def resolve_domains(cfg: RunConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
     empty = [d for d in domains if index[d].get("splits", {}).get("train", {}).get("samples", 0) == 0]
     if empty:
         raise ConfigError(f"config key 'data.domains': domains {empty} have no train samples in {cfg.data.shards}")
+    _check_shard_files(cfg, domains, index)
     return domains, index
+
+
+def _check_shard_files(cfg: RunConfig, domains: tuple[str, ...], index: dict[str, Any]) -> None:
+    """Every shard the index lists for these domains is on disk (a stat each). A missing
+    validation shard would change the fixed validation set, and a domain without any train shard
+    cannot be sampled: both stop here. A few missing train shards are warned about by name; the
+    streams then skip them, counted, as they skip a corrupted shard (``data.strict`` stops here)."""
+    root = Path(cfg.data.shards)
+    missing = {d: [s for s in index[d].get("shards", []) if not (root / s["file"]).is_file()] for d in domains}
+    missing = {d: m for d, m in missing.items() if m}
+    if not missing:
+        return
+    names = "; ".join(f"{d}: {', '.join(s['file'] for s in m)}" for d, m in missing.items())
+    fatal = cfg.data.strict or any(s["split"] == "val" for m in missing.values() for s in m) or any(
+        all(not (root / s["file"]).is_file() for s in index[d]["shards"] if s["split"] == "train") for d in missing)
+    if fatal:
+        raise ConfigError(f"config key 'data.shards': {root / 'index.json'} lists shards that are not on disk ({names}); "
+                          "a missing validation shard, or every train shard of a domain missing, cannot be skipped "
+                          "(check with `mixpretrain shards verify`)")
+    log.warning("%s: train shards listed in index.json are not on disk and will be skipped: %s", root, names)
 
 
 def sampler_options(cfg: RunConfig, domains: tuple[str, ...], index: dict[str, Any], world: int) -> dict[str, Any]:
@@ -86,20 +107,25 @@ def _check_output_dir(cfg: RunConfig) -> None:
 
 
 def preflight(cfg: RunConfig, world_size: int) -> Plan:
-    if cfg.train.keep_checkpoints < 1:
-        raise ConfigError(f"config key 'train.keep_checkpoints': must be >= 1, got {cfg.train.keep_checkpoints}")
     deepspeed_config(cfg, "fp32")  # the template exists and fits the run config
     domains, index = resolve_domains(cfg)
     _check_output_dir(cfg)
     resume = ckpt.latest_complete(ckpt.checkpoint_dir(cfg))
     run_file = Path(cfg.output_dir) / RUN_FILE
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else secrets.token_hex(4)
+    changed: list[str] = []
     if resume is not None:
         changed = ckpt.check_resume(cfg, ckpt.read_meta(resume[1]), world_size)
         if changed:
             log.warning("resuming %s with changed keys %s", cfg.output_dir, changed)
-    elif run_file.is_file():  # an attempt that died before its first checkpoint: same config only
-        ckpt.check_resume(cfg, {**json.loads(run_file.read_text()), "step": 0, "world_size": world_size}, world_size)
+    elif run_file.is_file():
+        # An attempt that stopped before its first checkpoint left nothing to resume: start afresh,
+        # saying what changed (its metrics records are moved to the .discarded files at start).
+        earlier = json.loads(run_file.read_text()).get("config", {})
+        differ = config_diff(earlier, config_to_dict(cfg))
+        if differ:
+            log.warning("%s: the attempt recorded in %s stopped before its first checkpoint; nothing to resume, "
+                        "starting afresh with changed keys %s", cfg.output_dir, RUN_FILE, differ)
     try:
         from mixpretrain.samplers import build
 
@@ -111,7 +137,41 @@ def preflight(cfg: RunConfig, world_size: int) -> Plan:
         model = build_model(cfg)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"config key 'model': {exc}") from exc
+    if resume is not None and changed:
+        _refuse_unloadable(cfg, ckpt.read_meta(resume[1]), domains, model, run_file)
     return Plan(domains, model, sampler, resume, run_id)
+
+
+def _refuse_unloadable(cfg: RunConfig, meta: dict[str, Any], domains: tuple[str, ...], model: torch.nn.Module,
+                       run_file: Path) -> None:
+    """``train.allow_config_change`` lets any key change, but a checkpoint loads only into a model
+    with the same parameter shapes, and its consumption counts and sampler state only into a run
+    over the same domains: say so here, before any process group starts, rather than with a
+    size-mismatch traceback from inside DeepSpeed."""
+    where = f"{cfg.output_dir}/checkpoints/{ckpt.tag_for(meta['step'])}"
+    saved_domains = json.loads(run_file.read_text()).get("domains") if run_file.is_file() else None
+    if saved_domains is not None and list(saved_domains) != list(domains):
+        raise ConfigError(f"config key 'data.domains': checkpoint {where} was trained on domains {saved_domains}, "
+                          f"this run has {list(domains)}; a run cannot be resumed over other domains. Use another "
+                          "output_dir (and load the encoder export for a new run).")
+    try:
+        saved_cfg = config_from_dict(meta["config"])
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            saved_model = build_model(saved_cfg)
+    except (ConfigError, ValueError, TypeError, KeyError) as exc:
+        log.warning("could not rebuild the checkpoint's model to compare shapes (%s); loading it as is", exc)
+        return
+    old = {k: tuple(v.shape) for k, v in saved_model.state_dict().items()}
+    new = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        keys = [k for k in config_diff(meta["config"], config_to_dict(cfg)) if k.startswith(("model.", "data.crop_size"))]
+        first = differ[0]
+        raise ConfigError(
+            f"checkpoint {where} holds another model: {len(differ)} parameter(s) differ in shape (e.g. {first}: "
+            f"{old.get(first)} in the checkpoint, {new.get(first)} now; changed keys {keys}). "
+            "train.allow_config_change cannot load weights into another architecture: use another output_dir."
+        )
 
 
 def _write_run_file(cfg: RunConfig, plan: Plan, world: int) -> None:

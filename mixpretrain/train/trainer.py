@@ -84,10 +84,20 @@ class Trainer:
     def restore(self, client: dict[str, Any]) -> None:
         self.state.step, self.state.samples = int(client["step"]), int(client["samples"])
         self.meter.load_state_dict(client["meter"])
+        weights = np.asarray(client["weights"], dtype=np.float64)
         if self.sampler is not None:
-            self.sampler.load_state_dict(client["sampler"])
+            state = client["sampler"]
+            saved = state.get("sampler") if isinstance(state, dict) else None  # built-ins record their name
+            current = getattr(self.sampler, "name", None)
+            if saved is not None and current is not None and saved != current:
+                # Only under train.allow_config_change (the resume check refuses it otherwise).
+                log.warning("sampler changed from %r to %r: the new sampler starts from its initial state at step "
+                            "%d; the consumption counts so far are kept", saved, current, self.state.step)
+                weights = np.asarray(self.sampler.weights(), dtype=np.float64)
+            else:
+                self.sampler.load_state_dict(state)
         self.last_val = dict(client.get("last_val", {}))
-        self._publish(np.asarray(client["weights"], dtype=np.float64))
+        self._publish(weights)
         if self.info.is_main:  # evidence that the sampler continues from exactly the saved state
             with open(self.out / "sampler.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.state.step, "event": "resume",

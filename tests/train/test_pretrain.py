@@ -90,6 +90,16 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     assert res.returncode == 2
     assert "data.crops_per_volume: 2 -> 3" in res.stderr and "train.lr: 0.002 -> 0.01" in res.stderr
 
+    # train.allow_config_change: another sampler starts afresh from the counts so far; another
+    # model cannot take the weights, which is said before anything runs.
+    res = _run(_python(cfg, "train.max_steps=10", "sampler.name=temperature", "train.allow_config_change=true"))
+    assert res.returncode == 0, _tail(res)
+    assert "sampler changed from 'uniform' to 'temperature'" in res.stderr
+    assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 11))
+    res = _run(_python(cfg, "train.max_steps=12", "sampler.name=temperature", "model.overrides.width=64",
+                       "train.allow_config_change=true"))
+    assert res.returncode == 2 and "holds another model" in res.stderr and "model.overrides.width" in res.stderr
+
     # A directory that is not a run directory is never written into.
     foreign = tmp_path / "mine"
     foreign.mkdir()
