@@ -47,6 +47,14 @@ class ClassifyConfig:
 def read_classification_csv(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(train items, val items), each ``{"image": abs path, "label": int}``; errors name the row."""
     path = Path(path)
+    if path.is_dir():
+        hint = ""
+        if (path / "classification.csv").is_file():
+            hint = f"; did you mean {path / 'classification.csv'}?"
+        elif (path / "dataset.json").is_file():
+            hint = " (a Decathlon dataset folder is the input of `eval segment`)"
+        raise ValueError(f"{path} is a folder: classify expects a CSV of (image, label) rows, "
+                         f"columns image,label[,split]{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"classification CSV {path} does not exist")
     with path.open(newline="") as fh:
@@ -178,12 +186,15 @@ def finetune(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, devi
 
 def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: ClassifyConfig | None = None) -> dict:
     """Load the encoder and the CSV, run the requested mode(s); returns metrics per mode."""
-    from .common import load_pretrained, load_volumes, pick_device, seed_everything
+    from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
 
     cfg = cfg or ClassifyConfig()
     modes = MODES if cfg.mode == "both" else (cfg.mode,)
     if any(m not in MODES for m in modes):
         raise ValueError(f"classification mode {cfg.mode!r} unknown; valid: probe, finetune, both")
+    for mode in modes:  # a mode not run may keep any step count
+        check_steps(f"{mode}_steps", getattr(cfg, f"{mode}_steps"))
+    check_steps("batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     train, val = read_classification_csv(csv_path)

@@ -19,6 +19,8 @@ from typing import Any
 
 LESION_RADIUS = (0.10, 0.15)  # = phantom_tasks.LESION_RADIUS (not imported: keeps the CLI import light)
 VAL_FRACTION = 0.25  # = phantom_tasks.VAL_FRACTION (same reason)
+CLASSIFY_BATCH_SIZE = 4  # = ClassifyConfig.batch_size (same reason; a test checks both)
+SEGMENT_BATCH_SIZE = 2  # = SegmentConfig.batch_size
 
 
 def _size(text: str) -> list[int]:
@@ -39,23 +41,40 @@ def _radius(text: str) -> tuple[float, float]:
     return parts[0], parts[1]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _positive_int(text: str) -> int:
+    """A step count or batch size: an integer >= 1 (0 steps would score an untrained head)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+CLASSIFY_DATA_HELP = "classification CSV with columns image,label[,split], e.g. TASKS/classification.csv"
+SEGMENT_DATA_HELP = "Decathlon dataset folder (imagesTr/, labelsTr/, dataset.json) or its dataset.json"
+
+
+def _common(p: argparse.ArgumentParser, data_help: str, batch_size: int) -> None:
     p.add_argument("--encoder", required=True, help="encoder export file (save_encoder), e.g. RUN/encoder.pt")
-    p.add_argument("--data", required=True, help="classification CSV, or Decathlon dataset folder / dataset.json")
+    p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--patch-size", type=int, default=None, help="expected patch size (error if the export differs)")
     p.add_argument("--img-size", type=_size, default=None, help="input size (default: the export's image size)")
     p.add_argument("--intensity", default="none", choices=["none", "ct", "zscore", "percentile"],
-                   help="intensity normalisation (none: images already preprocessed like the shards)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+                   help="intensity normalisation (none: images already preprocessed like the shards; default: none)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"batch size (default: {batch_size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--scratch", action="store_true", help="same architecture, random init (baseline)")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--json", action="store_true", help="print the full JSON result")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    ev = subparsers.add_parser("eval", help="downstream evaluation of a pretrained encoder")
+    ev = subparsers.add_parser("eval", help="downstream evaluation of a pretrained encoder",
+                               description="Downstream evaluation of a pretrained encoder. Options and their "
+                                           "defaults: mixpretrain eval EVAL_COMMAND --help.")
     sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
     ev.set_defaults(func=lambda args: (ev.print_help(), 2)[1])
 
@@ -74,21 +93,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"share of cases held out for validation (default {VAL_FRACTION})")
     t.set_defaults(func=_synth_tasks)
 
-    c = sub.add_parser("classify", help="linear probe and/or fine-tuning on pooled encoder features")
-    _common(c)
-    c.add_argument("--mode", default="both", choices=["probe", "finetune", "both"])
-    c.add_argument("--probe-steps", type=int, default=300)
-    c.add_argument("--finetune-steps", type=int, default=50)
-    c.add_argument("--lr", type=float, default=1e-4, help="fine-tuning LR (encoder; the head gets 10x)")
+    c = sub.add_parser("classify", help="linear probe and/or fine-tuning on pooled encoder features",
+                       description="Linear probe and/or fine-tuning on pooled encoder features; "
+                                   "accuracy and ROC AUC on the held-out split.")
+    _common(c, CLASSIFY_DATA_HELP, CLASSIFY_BATCH_SIZE)
+    c.add_argument("--mode", default="both", choices=["probe", "finetune", "both"],
+                   help="probe: frozen encoder + logistic regression; finetune: end to end (default: %(default)s)")
+    c.add_argument("--probe-steps", type=_positive_int, default=300,
+                   help="linear-probe steps, full batch; used by --mode probe|both (default: %(default)s)")
+    c.add_argument("--finetune-steps", type=_positive_int, default=50,
+                   help="fine-tuning steps (mini-batches); used by --mode finetune|both (default: %(default)s)")
+    c.add_argument("--lr", type=float, default=1e-4,
+                   help="fine-tuning LR (encoder; the head gets 10x) (default: %(default)s)")
     c.set_defaults(func=_classify)
 
-    s = sub.add_parser("segment", help="fine-tune a UNETR-style decoder on the encoder, Dice per class")
-    _common(s)
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--lr", type=float, default=1e-3, help="decoder LR")
-    s.add_argument("--encoder-lr", type=float, default=1e-4)
-    s.add_argument("--feature-size", type=int, default=16)
-    s.add_argument("--freeze-encoder", action="store_true")
+    s = sub.add_parser("segment", help="fine-tune a UNETR-style decoder on the encoder, Dice per class",
+                       description="Fine-tune a UNETR-style decoder on the encoder; Dice per class on the held-out cases.")
+    _common(s, SEGMENT_DATA_HELP, SEGMENT_BATCH_SIZE)
+    s.add_argument("--steps", type=_positive_int, default=100, help="training steps (mini-batches) (default: %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-3, help="decoder LR (default: %(default)s)")
+    s.add_argument("--encoder-lr", type=float, default=1e-4, help="encoder LR (default: %(default)s)")
+    s.add_argument("--feature-size", type=_positive_int, default=16,
+                   help="decoder width at full resolution (default: %(default)s)")
+    s.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     s.add_argument("--compare-scratch", action="store_true",
                    help="also train the same model from scratch, side by side, and print the ratio")
     s.set_defaults(func=_segment)

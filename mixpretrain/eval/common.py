@@ -10,9 +10,12 @@ scaling), then resized to the encoder's image size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_steps(name: str, value: int) -> None:
+    """A step count (or batch size) must be an integer >= 1: 0 steps would report the metrics of an
+    untrained model as a result. The error names the field and its CLI flag (``--probe-steps``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -53,6 +64,11 @@ def load_pretrained(
     from mixpretrain.models.mae3d import MAEEncoder
     from mixpretrain.models.patches import to_3tuple
 
+    if Path(path).is_dir():
+        candidate = Path(path) / "encoder.pt"
+        hint = (f"did you mean {candidate}?" if candidate.is_file() else
+                "it has no encoder.pt (a pretraining run writes RUN/encoder.pt when it finishes)")
+        raise ValueError(f"encoder {path} is a directory, not an encoder export file (save_encoder); {hint}")
     meta = read_encoder_file(path)["meta"]
     saved = tuple(int(p) for p in meta["patch_size"])
     if patch_size is not None and to_3tuple(patch_size, "patch_size") != saved:
@@ -66,6 +82,39 @@ def load_pretrained(
     enc = MAEEncoder(img_size=img_size if img_size is not None else meta["img_size"], **{k: meta[k] for k in keys})
     enc.export_meta = dict(meta)
     return enc
+
+
+# MONAI's LoadImage builds every reader it knows, the nvImageCodec DICOM one (an optional GPU decoder)
+# included, which without nvImageCodec logs and warns each time: noise, since the reader then just
+# declines every file (pydicom / ITK read DICOM). Dropped while the reader is built, unless the user
+# asked for it with MONAI_DICOM_READER=nvimgcodec.
+_NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+_NVIMGCODEC_LOG = "nvImageCodec is not available; skipping pydicom decoder plugin registration."
+_NVIMGCODEC_WARNING = r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
+@contextlib.contextmanager
+def _quiet_nvimgcodec() -> Iterator[None]:
+    if os.environ.get("MONAI_DICOM_READER", "").strip().lower() == "nvimgcodec":
+        yield
+        return
+    logger, drop = logging.getLogger(_NVIMGCODEC_LOGGER), _DropMessage(_NVIMGCODEC_LOG)
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NVIMGCODEC_WARNING, category=UserWarning)
+            yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _intensity_transform(keys: list[str], mode: str) -> list:
@@ -101,8 +150,10 @@ def load_volumes(
         for key in keys:
             if not Path(item[key]).is_file():
                 raise FileNotFoundError(f"{key} file {item[key]} does not exist")
+    with _quiet_nvimgcodec():
+        reader = mt.LoadImaged(keys, image_only=False)
     load = mt.Compose([
-        mt.LoadImaged(keys, image_only=False),
+        reader,
         mt.EnsureChannelFirstd(keys),
         mt.Orientationd(keys, axcodes="RAS", labels=None),
     ])

@@ -31,6 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("labels", "training")
+EXPECTED = "a Decathlon dataset folder (imagesTr/, labelsTr/, dataset.json) or its dataset.json"
 # Background left out of the Dice term (it is ~98% of the voxels and otherwise a quarter of the
 # Dice average for free); batch Dice (over the whole batch, as nnU-Net) so that a small class
 # absent from one case of the batch still gets a Dice gradient from the other. CE is unweighted.
@@ -58,15 +59,22 @@ class SegmentConfig:
 
 def read_decathlon(root: str | Path) -> tuple[list[dict], list[dict], dict[int, str]]:
     """(train items, val items, {class index: name}) from ``root/dataset.json``; errors name the key."""
-    root = Path(root)
-    path = root / "dataset.json" if root.is_dir() else root
+    given = Path(root)
+    path = given / "dataset.json" if given.is_dir() else given
     root = path.parent
+    if given.is_dir() and not path.is_file():
+        raise FileNotFoundError(f"{given} has no dataset.json: segment expects {EXPECTED}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (expected a Decathlon-layout dataset folder)")
+        raise FileNotFoundError(f"{path} does not exist: segment expects {EXPECTED}")
+    if path.suffix.lower() == ".csv":
+        raise ValueError(f"{path} is a CSV file: segment expects {EXPECTED} "
+                         "(a classification CSV is the input of `eval classify`)")
     try:
         spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): segment expects {EXPECTED}") from exc
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} holds a JSON {type(spec).__name__}, not an object: segment expects {EXPECTED}")
     missing = [k for k in REQUIRED_KEYS if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; a Decathlon dataset.json needs {list(REQUIRED_KEYS)}")
@@ -231,9 +239,11 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     """Fine-tune and score; with ``compare_scratch`` also the same model from scratch, side by side."""
     import torch
 
-    from .common import load_pretrained, load_volumes, pick_device, seed_everything
+    from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
 
     cfg = cfg or SegmentConfig()
+    check_steps("steps", cfg.steps)
+    check_steps("batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     train, val, classes = read_decathlon(data_dir)
