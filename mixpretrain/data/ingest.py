@@ -10,8 +10,9 @@
 * The train/val split is a hash of the case id (not the domain), so the same patient in two
   domains lands in the same split and re-runs never move a case.
 * Bad inputs (unreadable, truncated, NaN/Inf voxels, 2-D, 4-D without ``--frames first``,
-  blank) are logged, counted and recorded under ``skipped`` in the index; they never stop the
-  run. Bad arguments (no scans found, unknown modality, bad manifest row) are errors.
+  blank, a DICOM series with missing slices, a DICOM file GDCM left out of its folder's series)
+  are logged, counted and recorded under ``skipped`` in the index; they never stop the run.
+  Bad arguments (no scans found, unknown modality, bad manifest row) are errors.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import shards as S
 from .preprocess import PreprocessSettings, preprocess
-from .readers import SCAN_SUFFIXES, ScanSource, discover, read_volume, scan_suffix
+from .readers import DICOM_SUFFIXES, SCAN_SUFFIXES, ScanSource, discover, read_volume, scan_suffix
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Case:
 
 
 def _case_name(src: ScanSource, root: Path, multi_series: bool) -> str:
+    if src.left_out and not scan_suffix(src.path):  # a DICOM file left out of its folder's series
+        return S.safe_key(_case_name(ScanSource(src.path.parent, ""), root, False) + "_" + _dicom_stem(src.path))
     if src.is_dicom:
         rel = src.path.relative_to(root) if src.path != root else Path(root.name)
         name = str(rel) if str(rel) != "." else root.name
@@ -62,6 +65,11 @@ def _case_name(src: ScanSource, root: Path, multi_series: bool) -> str:
     rel = src.path.relative_to(root) if root.is_dir() else Path(src.path.name)
     text = str(rel)
     return S.safe_key(text[: -len(scan_suffix(src.path))])
+
+
+def _dicom_stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(next((s for s in DICOM_SUFFIXES if name.lower().endswith(s)), ""))] or name
 
 
 def cases_from_inputs(inputs: list[str | Path], domain: str, modality: str) -> list[Case]:
@@ -80,7 +88,7 @@ def cases_from_inputs(inputs: list[str | Path], domain: str, modality: str) -> l
                 per_folder[src.path] += 1
         root = inp if inp.is_dir() else inp.parent
         for src in found:
-            cid = _case_name(src, root if src.is_dicom else inp, per_folder.get(src.path, 0) > 1)
+            cid = _case_name(src, root if src.is_dicom or src.left_out else inp, per_folder.get(src.path, 0) > 1)
             cases.append(Case(src, cid, domain, modality))
     _check_unique(cases)
     return cases
@@ -144,9 +152,15 @@ def _manifest_row(row: dict, where: str, base: Path, domain_modality: dict[str, 
     if not found:
         raise ValueError(f"{where}: no scan file or DICOM series at {p}")
     cases = []
+    scans = [s for s in found if not s.left_out]  # DICOM files left out of a series: named apart
     for src in found:
-        base_id = given or _case_name(src, p if src.is_dicom else p.parent, False)
-        cid = S.safe_key(base_id) if len(found) == 1 else S.safe_key(f"{base_id}_{len(cases)}")
+        if src.left_out:
+            own = _case_name(src, p if p.is_dir() else p.parent, False)
+            cid = S.safe_key(f"{given}_{_dicom_stem(src.path)}") if given else own
+        else:
+            base_id = given or _case_name(src, p if src.is_dicom else p.parent, False)
+            n = sum(not c.source.left_out for c in cases)
+            cid = S.safe_key(base_id) if len(scans) == 1 else S.safe_key(f"{base_id}_{n}")
         cases.append(Case(src, cid, domain, modality, split))
     return cases
 

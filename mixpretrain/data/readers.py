@@ -8,7 +8,10 @@ moves toward Right, Anterior, Superior (nibabel's "RAS+" canonical orientation),
 ``affine`` from voxel index to RAS world millimetres, and ``spacing`` per array axis.
 
 Bad input raises :class:`ReadError` naming the file and the reason (unreadable or truncated
-file, 2-D image, 4-D image with several frames unless ``frames="first"``, vector image).
+file, 2-D image, 4-D image with several frames unless ``frames="first"``, vector image, DICOM
+series with a gap where slices are missing). A DICOM file that GDCM leaves out of every series of
+its folder (truncated, unreadable, not an image) is discovered as a source of its own whose read
+raises with the reason, so ingest records it as a skip instead of dropping it silently.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ log = logging.getLogger(__name__)
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# A step between neighbouring DICOM slices larger than this many times the spacing of the slices
+# around it (median of up to _GAP_WINDOW steps on each side; the larger side) is a gap: slices
+# are missing, and the series is refused rather than interpolated over. One missing slice doubles
+# the step; a change of slice spacing (e.g. 4 mm then 7 mm slices in a head CT) matches one side.
+SLICE_GAP_FACTOR = 1.6
+_GAP_WINDOW = 3
 
 
 class ReadError(ValueError):
@@ -38,10 +47,16 @@ class ScanSource:
 
     path: Path
     series_uid: str | None = None  # set for DICOM series
+    # Set for a DICOM file that GDCM left out of every series of its folder: why (reading raises it).
+    problem: str | None = None
 
     @property
     def is_dicom(self) -> bool:
         return self.series_uid is not None
+
+    @property
+    def left_out(self) -> bool:
+        return self.problem is not None
 
     def __str__(self) -> str:
         return f"{self.path} [series {self.series_uid}]" if self.is_dicom else str(self.path)
@@ -76,10 +91,46 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _dicom_series(folder: Path) -> list[ScanSource]:
+    """One source per series GDCM finds in ``folder``, then one per DICOM file it left out of all
+    of them (truncated, unreadable, not an image), carrying the reason as ``problem``."""
     import SimpleITK as sitk
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    return [ScanSource(folder, uid) for uid in ids]
+    used = {Path(f).name for uid in ids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)}
+    present = sorted(f for f in folder.iterdir() if f.is_file() and not scan_suffix(f) and _is_dicom_file(f))
+    left_out = [ScanSource(f, problem=_left_out_reason(f)) for f in present if f.name not in used]
+    return [ScanSource(folder, uid) for uid in ids] + left_out
+
+
+def _left_out_reason(path: Path) -> str:
+    """Why GDCM left a DICOM file out of its folder's series, as far as pydicom can tell."""
+    import pydicom
+
+    head = "left out of the DICOM series in its folder"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{head}: empty file"
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+    except Exception as exc:  # pydicom raises many types for garbled files
+        return f"{head}: unreadable ({type(exc).__name__}: {exc})"
+    if "PixelData" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+        sop_name = getattr(sop, "name", str(sop)) if sop else ""
+        if sop_name and "Image" not in sop_name:
+            return f"{head}: not an image (no pixel data; {sop_name})"
+        return f"{head}: truncated file ({size} bytes, ends before the pixel data)"
+    try:
+        syntax = ds.file_meta.TransferSyntaxUID
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                    * int(ds.BitsAllocated) // 8 * int(ds.get("NumberOfFrames", 1) or 1))
+        got = len(ds.PixelData)
+    except Exception:  # incomplete header: no size to compare with
+        syntax, expected, got = None, 0, 0
+    if syntax is not None and not syntax.is_compressed and got < expected:
+        return f"{head}: truncated file ({size} bytes, pixel data {got} of {expected} bytes)"
+    return f"{head}: GDCM could not use it (damaged header or pixel data)"
 
 
 def discover(paths: list[str | Path]) -> list[ScanSource]:
@@ -197,13 +248,39 @@ def _slice_positions(reader: Any, n: int) -> np.ndarray | None:
         return None
 
 
-def _fix_slice_geometry(vol: Volume, positions: np.ndarray, meta: dict) -> Volume:
-    """Correct gantry tilt (slices shifted in-plane) and uneven slice gaps of a DICOM series.
+def _slice_gaps(steps: np.ndarray) -> dict[int, float]:
+    """``{i: local spacing}`` for each step i over SLICE_GAP_FACTOR x the spacing around it.
+
+    The local spacing is the median of up to _GAP_WINDOW steps before i and of those after it,
+    whichever is larger (so a change of spacing, which matches one side, is not a gap). Gaps found
+    are counted as the slices they stand for and the search repeats, so that gaps close together
+    do not hide each other.
+    """
+    gaps: dict[int, float] = {}
+    work = np.asarray(steps, dtype=np.float64).copy()
+    while True:
+        found = {}
+        for i, step in enumerate(work):
+            sides = (work[max(0, i - _GAP_WINDOW) : i], work[i + 1 : i + 1 + _GAP_WINDOW])
+            local = max((float(np.median(w)) for w in sides if len(w)), default=0.0)
+            if i not in gaps and local > 0 and step > SLICE_GAP_FACTOR * local:
+                found[i] = local
+        if not found:
+            return dict(sorted(gaps.items()))
+        for i, local in found.items():
+            work[i] = steps[i] / max(1.0, round(steps[i] / local))
+        gaps.update(found)
+
+
+def _fix_slice_geometry(vol: Volume, positions: np.ndarray, meta: dict, files: list[str]) -> Volume:
+    """Correct gantry tilt (slices shifted in-plane) and uneven slice steps of a DICOM series.
 
     ITK assumes slice k sits at origin + k * dz * normal. The true positions (0020,0032) may
     step along a direction that is not the slice normal (gantry tilt) and by uneven amounts
-    (missing or variable slices). Each slice is shifted back in-plane by its offset along the
+    (variable slice spacing). Each slice is shifted back in-plane by its offset along the
     column direction, then the stack is linearly resampled along the normal onto a uniform grid.
+    A gap (missing slices: a step over SLICE_GAP_FACTOR x the spacing around it) raises
+    ReadError instead: resampling would invent the missing anatomy.
     """
     from scipy import ndimage
 
@@ -214,6 +291,19 @@ def _fix_slice_geometry(vol: Volume, positions: np.ndarray, meta: dict) -> Volum
     steps = np.diff(along_n)
     if np.any(steps <= 0):
         raise ReadError(f"{meta['path']}: DICOM slice positions are not strictly increasing along the normal")
+    gaps = _slice_gaps(steps)
+    if gaps:
+        at = positions @ n_dir  # slice positions along the normal (LPS mm)
+        shown = [
+            f"between {Path(files[i]).name} and {Path(files[i + 1]).name} ({at[i]:.2f} to {at[i + 1]:.2f} mm "
+            f"along the slice normal): {steps[i]:.2f} mm apart, expected about {local:.2f} mm"
+            for i, local in list(gaps.items())[:3]
+        ]
+        more = f"; and {len(gaps) - 3} more" if len(gaps) > 3 else ""
+        raise ReadError(
+            f"{meta['path']}: gap in the DICOM series (missing slices?) {'; '.join(shown)}{more}; not interpolated "
+            f"(a step over {SLICE_GAP_FACTOR}x the spacing of the slices around it is a gap)"
+        )
     tilt = np.abs(along_c).max() > 0.01 * vol.spacing[1] or np.abs(along_r).max() > 0.01 * vol.spacing[0]
     uneven = (steps.max() - steps.min()) > 0.01 * np.median(steps)
     if not (tilt or uneven):
@@ -263,7 +353,7 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
     vol = _sitk_to_volume(img, src, frames, meta)
     positions = _slice_positions(reader, len(files))
     if positions is not None and len(positions) == vol.array.shape[2]:
-        vol = _fix_slice_geometry(vol, positions, meta)
+        vol = _fix_slice_geometry(vol, positions, meta, files)
     vol.meta["first_file"] = files[0]
     return vol
 
@@ -276,6 +366,8 @@ def read_volume(src: ScanSource | str | Path, frames: str = "error") -> Volume:
         src = ScanSource(Path(src))
     if frames not in ("error", "first"):
         raise ValueError(f"frames must be 'error' or 'first', got {frames!r}")
+    if src.left_out:
+        raise ReadError(f"{src.path}: {src.problem}")
     if src.is_dicom:
         vol = _read_dicom_series(src, frames)
     else:
