@@ -127,6 +127,10 @@ def cases_from_manifest(path: str | Path) -> list[Case]:
 
 
 def _manifest_row(row: dict, where: str, base: Path, domain_modality: dict[str, str]) -> list[Case]:
+    short = [k for k in ("modality", "domain") if row.get(k) is None]  # csv.DictReader's filler
+    if short or row.get(None):
+        problem = f"no {' or '.join(short)} value" if short else f"extra values {row[None]}"
+        raise ValueError(f"{where}: {problem}; each row needs path,modality,domain[,case_id,split] (comma-separated)")
     scan = (row.get("path") or "").strip()
     modality = (row.get("modality") or "").strip().lower()
     domain = (row.get("domain") or "").strip()
@@ -134,7 +138,7 @@ def _manifest_row(row: dict, where: str, base: Path, domain_modality: dict[str, 
     if not scan:
         raise ValueError(f"{where}: empty path")
     if modality not in S.MODALITIES:
-        raise ValueError(f"{where}: unknown modality {modality!r}; expected one of {', '.join(S.MODALITIES)}")
+        raise ValueError(f"{where}: unknown modality {row['modality'].strip()!r}; expected one of {', '.join(S.MODALITIES)}")
     try:
         S.check_name("domain", domain)
     except ValueError as exc:
@@ -311,6 +315,20 @@ def ingest(
     return summary
 
 
+# DICOM Modality (0008,0060) codes of the modalities we ingest.
+DICOM_MODALITY = {"CT": "ct", "MR": "mri", "PT": "pet"}
+
+
+def _check_header_modality(case: Case, meta: dict) -> None:
+    """Warn when a DICOM header names another modality than the one given: a series filed in the
+    wrong folder or manifest row would otherwise get the wrong intensity recipe without a word.
+    It is ingested as asked (the user may know better, e.g. a PET-CT's CT kept with its PET)."""
+    header = (meta.get("source") or {}).get("dicom_modality")
+    if DICOM_MODALITY.get(header or "", case.modality) != case.modality:
+        log.warning("%s: its DICOM header says Modality %s (%s), but it is ingested as %s into domain %r as asked",
+                    case.source, header, DICOM_MODALITY[header], case.modality, case.domain)
+
+
 def _handle(case, array, info, out, writers, settings, val_fraction, shard_size, dtype, codec, summary, meta_of) -> None:
     d = case.domain
     if array is None:
@@ -318,6 +336,7 @@ def _handle(case, array, info, out, writers, settings, val_fraction, shard_size,
         summary[d]["skipped"] += 1
         summary[d]["skipped_files"].append({"path": str(case.source), "case_id": case.case_id, "reason": info})
         return
+    _check_header_modality(case, info)
     split = case.split or assign_split(case.case_id, val_fraction)
     key = (d, split)
     if key not in writers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -273,3 +274,24 @@ def test_interrupt_between_shard_rename_and_index_update_leaves_it_indexed(tmp_p
     index = S.load_index(out)["domains"]["m"]
     assert [Path(s["file"]).name for s in index["shards"]] == on_disk
     assert S.orphans(out) == [] and not list((out / "m").glob("*.tmp")) and S.verify(out) == []
+
+
+@pytest.mark.parametrize(("line", "match"), [
+    ("x.nii,ct", r"cases.csv:2: no domain value; each row needs path,modality,domain"),
+    ("x.nii,ct,d,c1,train,extra", r"cases.csv:2: extra values \['extra'\]"),
+    ("x.nii,PET-CT,d", r"cases.csv:2: unknown modality 'PET-CT'"),
+])
+def test_manifest_rows_with_too_few_or_many_values(tmp_path, line, match):
+    path = tmp_path / "cases.csv"
+    path.write_text(f"path,modality,domain,case_id,split\n{line}\n")
+    with pytest.raises(ValueError, match=match):
+        cases_from_manifest(path)
+
+
+def test_dicom_header_of_another_modality_is_warned_about(tmp_path, real_data_dir, caplog):
+    """A CT series ingested into a PET domain: ingested as asked, with a warning naming both."""
+    series = real_data_dir / "ct/dcmqa_ct_GE_head_tilt_dicom"
+    with caplog.at_level(logging.WARNING, logger="mixpretrain.data.ingest"):
+        summary = ingest(cases_from_inputs([series], "pet", "pet"), tmp_path / "shards", workers=1, progress=False)
+    assert summary["pet"]["written"] == 1
+    assert "DICOM header says Modality CT (ct), but it is ingested as pet into domain 'pet'" in caplog.text
