@@ -17,9 +17,12 @@ turned that into different mixtures at OMP_NUM_THREADS=1 and 2 (benchmarks/RESUL
 
 from __future__ import annotations
 
+import copy
+import difflib
 import json
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -184,6 +187,9 @@ class MixtureSampler:
     name: ClassVar[str] = "base"
     OPTIONS: ClassVar[dict[str, Any]] = {}
     STATE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # The STATE_FIELDS held as float arrays (None allowed: an unset field stays None on load). A field
+    # not listed is converted by the kind of its attribute before the load (see _state_value).
+    STATE_ARRAYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, domains: Sequence[str], **options: Any) -> None:
         domains = tuple(str(d) for d in domains)
@@ -194,22 +200,28 @@ class MixtureSampler:
         valid = {**COMMON_OPTIONS, **self.OPTIONS}
         unknown = sorted(set(options) - set(valid))
         if unknown:
+            close = {u: difflib.get_close_matches(u, valid, n=2, cutoff=0.6) for u in unknown}
+            hint = "; ".join(f"did you mean {' or '.join(c)} for {u!r}?" for u, c in close.items() if c)
             raise SamplerError(
-                f"sampler '{self.name}': unknown options {unknown}; valid options are {sorted(valid)}"
+                f"sampler '{self.name}': unknown options {unknown}{'; ' + hint if hint else ''} "
+                f"(valid options: {', '.join(sorted(valid))}; docs/samplers.md)"
             )
         self.domains = domains
         self.k = len(domains)
         self.options = {**valid, **options}
-        self.seed = int(self.options["seed"])
+        self.seed = self._opt_seed()
         self.total_budget = self._positive_or_none("total_budget")
         self.available = per_domain(self.options["available"], domains, f"sampler '{self.name}' option 'available'",
                                     allow_none=True)
         floor = self.options["floor"]
-        self.floor = default_floor(self.k) if floor is None else float(floor)
-        if not 0.0 <= self.floor <= 1.0 / self.k:
+        ok = floor is None or (isinstance(floor, numbers.Real) and not isinstance(floor, bool)
+                               and 0.0 <= float(floor) <= 1.0 / self.k)  # NaN fails the comparison
+        if not ok:
             raise SamplerError(
-                f"sampler '{self.name}' option 'floor': must be in [0, 1/K={1.0 / self.k:.4g}], got {floor!r}"
+                f"sampler '{self.name}' option 'floor': expected a number in [0, 1/K={1.0 / self.k:.4g}] or None "
+                f"(default min(0.01, 0.5/K)), got {floor!r}"
             )
+        self.floor = default_floor(self.k) if floor is None else float(floor)
         if self.available is not None and (self.available == 0).any():
             empty = [d for d, a in zip(domains, self.available, strict=True) if a == 0]
             log.warning("sampler %s: domains %s have no data (available=0); they still get the floor %.4g",
@@ -228,16 +240,36 @@ class MixtureSampler:
             raise SamplerError(f"sampler '{self.name}' option '{key}': expected a positive number, got {value!r}")
         return float(value)
 
+    def _opt_seed(self) -> int:
+        """The common option ``seed``: an integer (a float only if it is a whole number, e.g. 3.0 from
+        JSON). A fractional seed is refused rather than truncated (1.5 would silently run as 1)."""
+        value = self.options["seed"]
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise SamplerError(f"sampler '{self.name}' option 'seed': expected an integer, got {value!r}")
+
     def _opt_float(self, key: str, lo: float | None = None, hi: float | None = None) -> float:
+        """A finite number in [lo, hi]. Infinity is refused too: no option read here gives it a
+        meaning (doremi's eta = inf turned the state to NaN; harm_guard = inf silently disabled the
+        guard). An option where inf means something parses it itself (``parse_temperature``)."""
         value = self.options[key]
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if ok and lo is not None and value < lo:
             ok = False
         if ok and hi is not None and value > hi:
             ok = False
         if not ok:
-            rng = f" in [{lo}, {hi}]" if lo is not None or hi is not None else ""
-            raise SamplerError(f"sampler '{self.name}' option '{key}': expected a number{rng}, got {value!r}")
+            if lo is not None and hi is not None:
+                rng = f" in [{lo}, {hi}]"
+            elif lo is not None:
+                rng = f" >= {lo}"
+            elif hi is not None:
+                rng = f" <= {hi}"
+            else:
+                rng = ""
+            raise SamplerError(f"sampler '{self.name}' option '{key}': expected a finite number{rng}, got {value!r}")
         return float(value)
 
     def _opt_int(self, key: str, lo: int = 0) -> int:
@@ -280,6 +312,12 @@ class MixtureSampler:
             log.info("sampler '%s': options added since the state was saved, at their defaults: %s",
                      self.name, ", ".join(added))
         changed = sorted(k for k in (set(saved) | set(now)) - set(added) if saved.get(k) != now.get(k))
+        if "total_budget" in changed:
+            # The trainer derives it from train.max_steps, which a resume may change: an extended or
+            # shortened run, not a surprise, so it is reported at info level.
+            changed.remove("total_budget")
+            log.info("sampler '%s': the run's planned budget changed on resume: total_budget %r -> %r samples",
+                     self.name, saved.get("total_budget"), now.get("total_budget"))
         if changed:
             log.warning("sampler '%s': resumed with options that differ from the saved run's (it continues under "
                         "the current ones): %s", self.name,
@@ -367,15 +405,26 @@ class MixtureSampler:
         self.skipped_losses = int(state.get("skipped_losses", 0))
         self._w = from_jsonable(state["w"])
         for key in self.STATE_FIELDS:
-            current = getattr(self, key)
-            value = state[key]
-            if isinstance(current, np.ndarray):
-                value = from_jsonable(value)
-            elif isinstance(current, float):
-                value = float("nan") if value is None else float(value)
-            setattr(self, key, value)
+            setattr(self, key, self._state_value(key, state[key]))
         with one_blas_thread():  # ado refits its laws here: the same numbers as in observe
             self._after_load()
+
+    def _state_value(self, key: str, value: Any) -> Any:
+        """One saved state field as the attribute to hold. Always a copy: the sampler must never share
+        (and then mutate, in observe) lists or dicts of the caller's state, nor two samplers loaded
+        from one state object share them. The kind comes from ``STATE_ARRAYS`` (float arrays) or,
+        for a field not listed there, from the attribute's kind *before* the load; a saved None stays
+        None for arrays (an array field that may be unset, e.g. transfer's ``recent`` before the
+        first sample: converting it by the attribute of a sampler that had already observed gave
+        array(nan) and NaN weights). A float field's None is NaN (``to_jsonable`` writes NaN as None)."""
+        current = getattr(self, key, None)
+        if value is None:
+            return float("nan") if isinstance(current, float) and key not in self.STATE_ARRAYS else None
+        if key in self.STATE_ARRAYS or isinstance(current, np.ndarray):
+            return from_jsonable(value)  # a new array
+        if isinstance(current, float):
+            return float(value)
+        return copy.deepcopy(value)
 
     def _after_load(self) -> None:
         """Subclasses: rebuild derived objects (e.g. a fitted law) from the restored fields."""

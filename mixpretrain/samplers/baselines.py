@@ -90,6 +90,13 @@ def _weights_from_laws(path: str | Path, domains: tuple[str, ...], sampler: Mixt
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SamplerError(f"sampler 'fixed' option 'laws': {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(doc), "null")
+        raise SamplerError(
+            f"sampler 'fixed' option 'laws': {path} holds a JSON {kind} at the top level; expected an "
+            "object: a `laws allocate -o` output ('weights' at the top or under 'allocation') or a fitted laws.json "
+            "(family, domains, params). Give plain weights with option 'weights' instead"
+        )
     # Accept the allocation at the top level or under "allocation" (laws allocate output).
     for node in (doc.get("allocation"), doc):
         if isinstance(node, Mapping) and "weights" in node:

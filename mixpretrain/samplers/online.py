@@ -36,7 +36,12 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray, grid: int = 24) -> tuple[floa
     """(eps, beta, alpha) of L = eps + beta n^-alpha by least squares in log-log space over a
     grid of eps in [0, min L); None when fewer than 3 usable points or no decreasing fit.
     A grid over eps plus closed-form linear regression is robust (no local minima) and fast
-    (microseconds), which is what a per-domain online baseline needs."""
+    (microseconds), which is what a per-domain online baseline needs.
+
+    Also None when the best fit is degenerate: counts spanning a tiny log range (a domain fed ~1
+    sample per interval late in a run, or large cumulative counts with little consumption) give a
+    near-vertical slope whose intercept overflows beta = exp(intercept); such a law says nothing
+    about the domain, so it counts as no fit (the domain then gets the mean preference)."""
     ok = np.isfinite(n) & np.isfinite(loss) & (n > 0) & (loss > 0)
     n, loss = n[ok], loss[ok]
     if n.size < 3 or np.ptp(np.log(n)) < 1e-6:
@@ -48,8 +53,15 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray, grid: int = 24) -> tuple[floa
         slope, intercept = np.polyfit(x, y, 1)
         resid = float(np.sum((y - (intercept + slope * x)) ** 2))
         if slope < 0 and (best is None or resid < best[0]):
-            best = (resid, eps, math.exp(intercept), -slope)
-    return None if best is None else best[1:]
+            best = (resid, eps, intercept, -slope)
+    if best is None:
+        return None
+    _, eps, intercept, alpha = best
+    try:
+        beta = math.exp(intercept)
+    except OverflowError:
+        return None
+    return (eps, beta, alpha) if math.isfinite(alpha) else None
 
 
 class AdoSampler(MixtureSampler):
@@ -63,6 +75,7 @@ class AdoSampler(MixtureSampler):
         "max_points": 200,  # keep the latest points per domain (bounded memory and fit time)
     }
     STATE_FIELDS = ("points", "history")
+    STATE_ARRAYS = ("history",)
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -89,7 +102,10 @@ class AdoSampler(MixtureSampler):
         for i, fit in enumerate(self.fits):
             if fit is not None:
                 _, beta, alpha = fit
-                rho[i] = alpha * beta * max(consumed[i], 1.0) ** (-alpha)
+                with np.errstate(over="ignore"):
+                    rho[i] = alpha * beta * max(consumed[i], 1.0) ** (-alpha)
+        # A preference that overflowed (a huge beta from a near-degenerate fit) is unusable: no fit.
+        rho[~np.isfinite(rho)] = 0.0
         if not (rho > 0).any():
             return  # not enough data yet: keep the current mixture
         # Domains without a usable fit get the mean preference (unknown, not zero).
@@ -123,6 +139,7 @@ class OdmSampler(MixtureSampler):
         "reward_smoothing": 0.9,  # ODM's alpha: R <- a R + (1 - a) r / pi
     }
     STATE_FIELDS = ("reward", "t")
+    STATE_ARRAYS = ("reward",)
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -204,6 +221,7 @@ class DoremiSampler(MixtureSampler):
         "smoothing": 1e-3,  # mix with uniform (DoReMi's c)
     }
     STATE_FIELDS = ("log_alpha",)
+    STATE_ARRAYS = ("log_alpha",)
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)

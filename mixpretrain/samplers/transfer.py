@@ -87,7 +87,10 @@ the others and was level in real runs (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import numbers
 import time
 from typing import Any
 
@@ -104,6 +107,9 @@ SCORE_EMA = 0.5  # weight of the newest forecast error in a family's score
 E_BOUND_TOL = 1e-3  # E / smallest observed loss within this of 0 or 1: E is on the fitter's bound
 RESOLVE_NOISE = 3.0  # a domain's fitted loss change must exceed this x its residual to count as evidence
 PERSISTENCE = "persistence"  # the naive forecast's key in family_scores
+FAIL_LOG_EVERY = 10  # a failed family refit is logged at WARNING the first time and every this many failures
+# scaling.fit_laws arguments the sampler sets itself: not allowed in fit_options.
+FIT_ARGS_SET = ("D", "L", "domains", "family", "init", "unique", "log_warnings")
 
 
 class TransferSampler(MixtureSampler):
@@ -174,6 +180,7 @@ class TransferSampler(MixtureSampler):
     STATE_FIELDS = ("points", "target", "laws_state", "chosen", "family_scores", "scored", "counters", "last_refit",
                     "prev_consumed", "phase", "doubt", "harmed", "recent", "recent_at", "beta", "interference",
                     "probe_domain", "probe_left")
+    STATE_ARRAYS = ("target", "prev_consumed", "doubt", "recent", "recent_at", "beta", "interference")
 
     def __init__(self, domains, **options: Any) -> None:
         super().__init__(domains, **options)
@@ -201,6 +208,7 @@ class TransferSampler(MixtureSampler):
         self.scored: dict[str, Any] = {}  # split and last step already scored
         self.fit = None
         self.refit_seconds: float | None = None  # wall time of the last refit (diagnostics only)
+        self.fit_failures = 0  # failed family refits since built or restored (paces their warnings; not state)
         self.counters = {"refits": 0, "accepted": 0, "rejected": 0, "failed": 0, "usable": 0}
         self.last_refit: dict[str, Any] = {}
         self.prev_consumed = np.zeros(self.k)
@@ -291,8 +299,7 @@ class TransferSampler(MixtureSampler):
         self.probe_obs = self._opt_int("probe_obs", 1)
         self.probe_until = self._opt_float("probe_until", 0.0, 1.0)
         self.probe_gap = self._opt_float("probe_gap", 0.0, 1.0)
-        if not isinstance(o["fit_options"], dict):
-            raise SamplerError(f"sampler 'transfer' option 'fit_options': expected a mapping, got {o['fit_options']!r}")
+        check_fit_options(o["fit_options"])
 
     def _prior(self) -> np.ndarray:
         # auto: the temperature mixture when the data sizes are known. It was the best or level-best
@@ -453,7 +460,16 @@ class TransferSampler(MixtureSampler):
             if not np.all(np.isfinite(new.predict(D[-1:]))):
                 raise ValueError("fitted law predicts non-finite losses")
         except (ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as exc:
-            log.debug("sampler transfer: %s refit failed, keeping the previous law: %s", family, exc)
+            # Not only at DEBUG: a cause that makes every refit fail (bad data, a fit option) would
+            # otherwise leave the run on the prior mixture for good without a word. The first failure
+            # and every FAIL_LOG_EVERY-th are warnings; the rest stay at DEBUG (a rare failure is normal).
+            self.fit_failures += 1
+            n = self.fit_failures
+            level = logging.WARNING if n == 1 or n % FAIL_LOG_EVERY == 0 else logging.DEBUG
+            log.log(level, "sampler transfer: %s refit failed at observation %d, keeping the previous law "
+                    "(failed family refit %d; the first and every %dth are logged as warnings, "
+                    "diagnostics()['last_refit'] and counters['failed'] record them): %s: %s",
+                    family, self.n_obs, n, FAIL_LOG_EVERY, type(exc).__name__, exc)
             return f"failed: {exc}"
         newest = slice(-self.compare_last, None)
         if previous is not None and _log_error(new, D[newest], L[newest]) > _log_error(previous, D[newest], L[newest]):
@@ -779,11 +795,13 @@ class TransferSampler(MixtureSampler):
         # Receding horizon: reach target x (consumed + horizon) after the next `horizon` samples.
         steer = (self.target * (total + horizon) - consumed) / horizon
         steer = project_to_floor(np.maximum(steer, 0.0), self.floor)
-        if self.steer_band is not None:
-            steer = clip_to_band(steer, self.target / self.steer_band, self.target * self.steer_band)
         if self.dither > 0:
             z = self._rng(1).standard_normal(self.k)
             steer = steer * np.exp(self.dither * z)
+        if self.steer_band is not None:
+            # After the dither, so the weights sampled stay in the band (clipped before it, a dither of
+            # 0.15 took them up to 2x off a 1.25 band); only a probe and the floors apply after it.
+            steer = clip_to_band(steer, self.target / self.steer_band, self.target * self.steer_band)
         if self.probe_left > 0 and self.probe_domain >= 0:
             self.probe_left -= 1
             steer = project_to_floor(steer, 0.0) * (1 - self.probe)
@@ -894,6 +912,48 @@ class TransferSampler(MixtureSampler):
         except (ValueError, RuntimeError) as exc:
             out["hubs_error"] = str(exc)
         return out
+
+
+def check_fit_options(value: Any) -> dict[str, Any]:
+    """Option ``fit_options``: keyword arguments of ``scaling.fit_laws``, checked when the sampler is
+    built. Why here: they are first used at the first refit, mid-run, where a misspelt key raised a
+    TypeError out of observe() and a bad value an IndexError (n_starts 0) or a silently nonsensical
+    fit (huber_scale < 0). Valid keys are fit_laws' own arguments, less those the sampler sets."""
+    from mixpretrain.scaling import fit_laws
+
+    what = "sampler 'transfer' option 'fit_options'"
+    if not isinstance(value, dict):
+        raise SamplerError(f"{what}: expected a mapping of scaling.fit_laws arguments, got {value!r}")
+    params = inspect.signature(fit_laws).parameters
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = sorted(k for k, p in params.items() if p.kind in kinds and k not in FIT_ARGS_SET)
+    for key, v in value.items():
+        if key not in valid:
+            why = "is set by the sampler itself" if key in params else "is not an argument of scaling.fit_laws"
+            raise SamplerError(f"{what}: key {key!r} {why}; valid keys are {valid}")
+        check = FIT_OPTION_CHECKS.get(key)  # None: an argument added to fit_laws later, which checks it
+        if check is not None and not check[0](v):
+            raise SamplerError(f"{what}: key {key!r} expects {check[1]}, got {v!r}")
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+# fit_options values scaling.fit_laws needs: (test, what is expected).
+FIT_OPTION_CHECKS: dict[str, tuple[Any, str]] = {
+    "n_starts": (lambda v: v is None or _is_integer(v) and v >= 1, "an integer >= 1 or None"),
+    "huber_scale": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (log-loss units)"),
+    "bootstrap": (lambda v: _is_integer(v) and v >= 0, "an integer >= 0"),
+    "seed": (_is_integer, "an integer"),
+    "d_ref": (lambda v: v is None or _is_number(v) and v > 0, "a finite number > 0 (samples) or None"),
+    "ridge": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+}
 
 
 def project_to_floors(w: np.ndarray, floors: np.ndarray) -> np.ndarray:

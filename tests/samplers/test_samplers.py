@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -72,8 +73,19 @@ def test_unknown_sampler_names_valid_ones() -> None:
 
 
 def test_unknown_option_names_valid_ones() -> None:
-    with pytest.raises(SamplerError, match=r"unknown options \['taux'\].*'tau'"):
+    with pytest.raises(SamplerError, match=r"unknown options \['taux'\]; did you mean tau for 'taux'\?.*max_epochs"):
         build("temperature", DOMAINS, available=AVAILABLE, taux=3)
+
+
+def test_resume_with_a_longer_budget_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """An extended run (train.max_steps up) changes total_budget: info, not a warning; another change warns."""
+    a = build("transfer", DOMAINS, available=AVAILABLE, total_budget=1000)
+    with caplog.at_level(logging.INFO, logger="mixpretrain.samplers.base"):
+        build("transfer", DOMAINS, available=AVAILABLE, total_budget=2000).load_state_dict(a.state_dict())
+    assert "total_budget 1000 -> 2000" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with caplog.at_level(logging.INFO, logger="mixpretrain.samplers.base"):
+        build("transfer", DOMAINS, available=AVAILABLE, total_budget=1000, cooldown=0.2).load_state_dict(a.state_dict())
+    assert "cooldown: 0.15 -> 0.2" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -318,3 +330,119 @@ def test_transfer_weights_do_not_depend_on_the_blas_thread_count() -> None:
             runs.append(simulate.run_sampler(world, "transfer", opts))
     assert runs[0]["weights"] == runs[1]["weights"]
     assert runs[0]["objective"] == runs[1]["objective"]
+
+
+@pytest.mark.parametrize("name", ["ado", "transfer"])
+def test_load_state_does_not_alias_the_callers_state(name: str) -> None:
+    """load_state_dict copies: observing afterwards never changes the caller's state (it used to append
+    to its `points` list), and two samplers loaded from one state object share nothing."""
+    import copy
+
+    a = build(name, DOMAINS, **options(name))
+    _, consumed = drive(a, 0, 16)
+    state = a.state_dict()
+    pristine = copy.deepcopy(state)
+    b, c = build(name, DOMAINS, **options(name)), build(name, DOMAINS, **options(name))
+    b.load_state_dict(state)
+    c.load_state_dict(state)
+    assert b.points is not c.points and b.points is not state["points"]
+    drive(b, 16, 24, consumed=consumed)
+    assert state == pristine
+    ref = build(name, DOMAINS, **options(name))
+    ref.load_state_dict(pristine)
+    drive(c, 16, 24, consumed=consumed)
+    drive(ref, 16, 24, consumed=consumed)
+    assert c.state_dict() == ref.state_dict() == b.state_dict()
+
+
+def test_load_state_into_a_used_sampler_keeps_unset_fields_unset() -> None:
+    """A state field is converted by its declared kind and saved value, not by the attribute it replaces:
+    transfer's `recent` saved unset (None) and loaded into a sampler that had observed became array(nan),
+    and the weights NaN."""
+    fresh_state = json.loads(json.dumps(build("transfer", DOMAINS, **options("transfer")).state_dict()))
+    assert fresh_state["recent"] is None
+    used = build("transfer", DOMAINS, **options("transfer"))
+    drive(used, 0, 6)
+    assert used.recent is not None
+    used.load_state_dict(fresh_state)
+    assert used.recent is None
+    fresh = build("transfer", DOMAINS, **options("transfer"))
+    fresh.load_state_dict(fresh_state)
+    wu, _ = drive(used, 0, 12)
+    wf, _ = drive(fresh, 0, 12)
+    assert np.array_equal(np.array(wu), np.array(wf))
+    assert json.dumps(used.state_dict()) == json.dumps(fresh.state_dict())
+    assert isinstance(used.recent, np.ndarray) and np.isfinite(used.recent).all()
+
+
+def test_ado_degenerate_fit_is_no_fit() -> None:
+    """Counts over a tiny log range give a near-vertical log-log slope: exp(intercept) overflowed and an
+    OverflowError escaped observe(). The fit now counts as none (the domain gets the mean preference)."""
+    from mixpretrain.samplers.online import fit_power_law
+
+    n = np.array([100000.0, 100001.0, 100002.0, 100003.0])
+    assert fit_power_law(n, np.array([0.70, 0.69, 0.70, 0.68])) is None
+    s = build("ado", ["ct", "mri"], seed=0)
+    for step, (count, loss) in enumerate(zip(n, [0.70, 0.69, 0.70, 0.68], strict=True), 1):
+        s.observe(step, [1000 * step, count], {"ct": 1.0 / step, "mri": loss}, "train")
+        w = s.weights()
+        assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+    assert s.diagnostics()["laws"]["mri"] is None
+    # A well-posed curve still fits.
+    fit = fit_power_law(np.array([100.0, 300.0, 1000.0, 3000.0]), 0.3 + 2.0 * np.array([100.0, 300.0, 1000.0, 3000.0]) ** -0.3)
+    assert fit is not None and fit[2] > 0
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        ({"seed": None}, "option 'seed': expected an integer, got None"),
+        ({"seed": "abc"}, "option 'seed'"),
+        ({"seed": 1.5}, r"option 'seed': expected an integer, got 1.5"),  # was silently truncated to 1
+        ({"seed": True}, "option 'seed'"),
+        ({"floor": "abc"}, "option 'floor'.*'abc'"),
+        ({"floor": [0.01]}, r"option 'floor'.*\[0.01\]"),
+        ({"floor": float("nan")}, "option 'floor'"),
+        ({"floor": -0.1}, "option 'floor'"),
+    ],
+)
+def test_bad_common_options_are_named(opts: dict, match: str) -> None:
+    with pytest.raises(SamplerError, match=match) as err:
+        build("uniform", DOMAINS, **opts)
+    assert isinstance(err.value, ValueError)  # the trainer turns a ValueError into a config error
+
+
+def test_whole_number_seeds_and_numpy_floors_are_accepted() -> None:
+    assert build("uniform", DOMAINS, seed=3.0).seed == 3  # e.g. a JSON config
+    assert build("uniform", DOMAINS, seed=np.int64(3)).seed == 3
+    assert build("uniform", DOMAINS, floor=np.float32(0.25)).floor == pytest.approx(0.25)
+    assert build("uniform", DOMAINS, floor=0).floor == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "key"),
+    [
+        ("doremi", {"reference": [0.3, 0.35, 0.4], "eta": math.inf}, "eta"),  # gave a NaN state
+        ("transfer", {"total_budget": BUDGET, "harm_guard": math.inf}, "harm_guard"),  # silently disabled the guard
+        ("transfer", {"total_budget": BUDGET, "select_tol": math.inf}, "select_tol"),
+        ("transfer", {"total_budget": BUDGET, "steer_band": math.inf}, "steer_band"),
+        ("transfer", {"total_budget": BUDGET, "forget_z": -math.inf}, "forget_z"),
+        ("temperature", {"available": AVAILABLE, "total_budget": BUDGET, "max_epochs": math.inf}, "max_epochs"),
+    ],
+)
+def test_non_finite_options_are_refused(name: str, opts: dict, key: str) -> None:
+    with pytest.raises(SamplerError, match=f"option '{key}': expected a finite number"):
+        build(name, DOMAINS, **opts)
+
+
+def test_inf_stays_valid_where_it_is_documented() -> None:
+    assert np.allclose(build("temperature", DOMAINS, available=AVAILABLE, tau=math.inf, floor=0.0).weights(), 1 / 3)
+    build("transfer", DOMAINS, total_budget=BUDGET, available=AVAILABLE, prior="temperature", prior_tau="inf")
+
+
+@pytest.mark.parametrize("doc", [[0.5, 0.3, 0.2], "weights", 3, None])
+def test_fixed_laws_json_must_be_an_object(tmp_path, doc) -> None:
+    path = tmp_path / "laws.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SamplerError, match=r"option 'laws': .*laws\.json holds a JSON \w+ at the top level; expected an object"):
+        build("fixed", DOMAINS, laws=str(path))

@@ -38,7 +38,7 @@ def test_clip_to_band_with_a_zero_target() -> None:
 
 def run_steering(**options) -> list[tuple[np.ndarray, np.ndarray]]:
     """Feed a sampler a world whose laws make it cut pet hard; (weights, target) at each steering step."""
-    s = build("transfer", DOMAINS, seed=0, total_budget=40_000.0, family="power", dither=0.0, **options)
+    s = build("transfer", DOMAINS, **{"seed": 0, "total_budget": 40_000.0, "family": "power", "dither": 0.0, **options})
     consumed = np.zeros(3)
     seen = []
     for step in range(1, 41):
@@ -55,6 +55,18 @@ def test_steering_weights_stay_within_the_band() -> None:
     for w, target in run_steering(steer_band=1.5):
         ratio = w / target  # every target here is above the 1% floor, which could otherwise lift a weight
         assert np.all(ratio >= 1 / 1.5 - 1e-9) and np.all(ratio <= 1.5 + 1e-9), (w, target)
+
+
+@pytest.mark.parametrize("band", [1.25, 1.5])
+def test_dithered_steering_weights_stay_within_the_band(band: float) -> None:
+    # The dither (default 0.15) used to be applied after the band clip: with r = 1.25 weights went up to
+    # 2x off their target. It now comes before the clip, so the band holds for the weights sampled.
+    dithered = run_steering(steer_band=band, dither=0.15)
+    for w, target in dithered:
+        ratio = w / target
+        assert np.all(ratio >= 1 / band - 1e-9) and np.all(ratio <= band + 1e-9), (w, target)
+    plain = run_steering(steer_band=band)
+    assert any(not np.allclose(a[0], b[0]) for a, b in zip(dithered, plain, strict=False))  # the dither still acts
 
 
 def test_without_a_band_the_catch_up_can_leave_it() -> None:
