@@ -174,6 +174,20 @@ def _refuse_unloadable(cfg: RunConfig, meta: dict[str, Any], domains: tuple[str,
         )
 
 
+def _finished_record(cfg: RunConfig, plan: Plan) -> dict[str, Any] | None:
+    """Re-running a finished run (the same command again) has nothing to train: say so and return
+    its last metrics record, without building an engine or starting a process group. A run whose
+    last checkpoint is final but whose encoder export is missing (killed in between) goes on as a
+    resume, which writes the export."""
+    out = Path(cfg.output_dir)
+    if plan.resume is None or plan.resume[0] < cfg.train.max_steps or not (out / "encoder.pt").is_file():
+        return None
+    log.info("%s: the run already finished at step %d (train.max_steps %d): nothing to train; raise "
+             "train.max_steps to extend it", out, plan.resume[0], cfg.train.max_steps)
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def _write_run_file(cfg: RunConfig, plan: Plan, world: int) -> None:
     path = Path(cfg.output_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +208,9 @@ def run(cfg: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
     start = time.time()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plan = preflight(cfg, world)
+    finished = _finished_record(cfg, plan)
+    if finished is not None:
+        return finished
     info = dist.init_distributed(local_rank)
     if info.world_size != world:
         raise RuntimeError(f"WORLD_SIZE={world} but the process group has {info.world_size} ranks")

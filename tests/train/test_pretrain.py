@@ -85,6 +85,11 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     assert res.returncode == 0, _tail(res)
     assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 9))
 
+    # The same command once more: nothing to train, said at once (no engine, no process group).
+    res = _run(_python(cfg, "train.max_steps=8"))
+    assert res.returncode == 0 and "already finished at step 8" in res.stderr, _tail(res)
+    assert "backend gloo" not in res.stdout + res.stderr
+
     # A changed config is refused, naming the keys, before anything runs.
     res = _run(_python(cfg, "train.max_steps=8", "train.lr=0.01", "data.crops_per_volume=3"))
     assert res.returncode == 2
