@@ -77,7 +77,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | wsd (warm-up, stable, decay)
     decay_fraction: float = 0.2  # wsd only: fraction of steps spent decaying
     grad_clip: float = 1.0
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on GPUs that have it, else fp32)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU)
     zero_stage: int = 0
     checkpoint_every: int = 50
     eval_every: int = 25

@@ -29,13 +29,15 @@ from .posembed import POS_EMBED_KIND
 FORMAT = "mixpretrain.encoder"
 FORMAT_VERSION = 1
 _BUILD_KEYS = ("img_size", "patch_size", "in_chans", "width", "depth", "heads", "mlp_ratio", "qkv_bias", "norm_eps")
+_INT_KEYS = ("in_chans", "width", "depth", "heads")  # a float here builds, then fails at the first forward
 
 
 def _find_encoder(model: nn.Module) -> MAEEncoder:
-    """The encoder inside an MAE3D, a bare encoder, or a wrapper (DDP, DeepSpeed engine: ``.module``)."""
+    """The encoder inside an MAE3D, a bare encoder, or a wrapper (DDP, DeepSpeed engine: ``.module``;
+    torch.compile: ``._orig_mod``)."""
     seen = model
-    while not isinstance(seen, MAE3D | MAEEncoder) and hasattr(seen, "module"):
-        seen = seen.module
+    while not isinstance(seen, MAE3D | MAEEncoder) and (hasattr(seen, "module") or hasattr(seen, "_orig_mod")):
+        seen = seen.module if hasattr(seen, "module") else seen._orig_mod
     if isinstance(seen, MAE3D):
         return seen.encoder
     if isinstance(seen, MAEEncoder):
@@ -85,7 +87,7 @@ def read_encoder_file(path: str | os.PathLike, map_location: str | torch.device 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"load_encoder: {path} is not a mixpretrain encoder file (no format={FORMAT!r})")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"load_encoder: {path} has format_version {version!r}; this code reads up to {FORMAT_VERSION}")
     meta = payload.get("meta")
     missing = [k for k in _BUILD_KEYS if not isinstance(meta, dict) or k not in meta]
@@ -93,6 +95,11 @@ def read_encoder_file(path: str | os.PathLike, map_location: str | torch.device 
         raise ValueError(f"load_encoder: {path} metadata lacks {missing}")
     if meta.get("pos_embed") != POS_EMBED_KIND:
         raise ValueError(f"load_encoder: {path} has pos_embed {meta.get('pos_embed')!r}; supported: {POS_EMBED_KIND!r}")
+    wrong = {k: meta[k] for k in _INT_KEYS if isinstance(meta[k], bool) or not isinstance(meta[k], int)}
+    if wrong:
+        raise ValueError(f"load_encoder: {path} metadata {wrong} should be integers")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"load_encoder: {path} holds no state_dict mapping of weights")
     return payload
 
 
@@ -109,7 +116,10 @@ def load_encoder(path: str | os.PathLike, img_size: int | Sequence[int] | None =
     kwargs = {k: meta[k] for k in _BUILD_KEYS}
     if img_size is not None:
         kwargs["img_size"] = img_size
-    enc = MAEEncoder(**kwargs, activation_checkpointing=activation_checkpointing)
+    try:
+        enc = MAEEncoder(**kwargs, activation_checkpointing=activation_checkpointing)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"load_encoder: {path} metadata does not describe a buildable encoder: {exc}") from exc
     try:
         enc.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

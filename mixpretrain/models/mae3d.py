@@ -234,6 +234,10 @@ class MAE3D(nn.Module):
                                   norm_eps, activation_checkpointing)
         _check_heads("decoder", decoder_width, decoder_heads, decoder_depth)
         n_masked(self.encoder.num_patches, mask_ratio)  # validates the ratio for this grid
+        if norm_pix_loss and self.patch_dim < 2:
+            # One value per patch has no variance: every per-patch normalised target would be NaN.
+            raise ValueError(f"norm_pix_loss needs at least 2 values per patch; patch_size {self.patch_size} x "
+                             f"{in_chans} channel(s) gives {self.patch_dim}: use a larger patch or norm_pix_loss false")
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.decoder_width, self.decoder_depth = decoder_width, decoder_depth
         self.decoder_heads, self.decoder_mlp_ratio = decoder_heads, float(decoder_mlp_ratio)
@@ -363,13 +367,22 @@ def masked_patch_loss(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Ten
     return (err * mask).sum(dim=1) / mask.sum(dim=1)
 
 
+def default_heads(width: int) -> int:
+    """The most attention heads of dim >= 64 that divide ``width`` (1 if none): the custom decoder's
+    default. Plain ``width // 64`` need not divide the width (224 // 64 = 3)."""
+    if not isinstance(width, int) or width <= 0:
+        return 1  # the width check of the block stack names the bad value
+    return max((h for h in range(1, max(width // 64, 1) + 1) if width % h == 0), default=1)
+
+
 def build_mae(preset: str | None = "base", img_size: int | Sequence[int] = 96, patch_size: int | Sequence[int] = 16,
               in_chans: int = 1, mask_ratio: float = 0.75, norm_pix_loss: bool = True,
               activation_checkpointing: bool = False, **overrides: Any) -> MAE3D:
     """A :class:`MAE3D` from a preset (tiny, small, base, large) with optional size overrides.
 
     ``preset=None`` (or "custom") builds from the overrides alone: width, depth and heads are
-    then required; the decoder defaults to half the width, 4 layers, head dim 64 (or fewer heads).
+    then required; the decoder defaults to half the width (or ``decoder_width``), 4 layers, and the
+    most heads of dim >= 64 that divide its width (``default_heads``).
     """
     bad = [k for k in overrides if k not in OVERRIDE_KEYS]
     if bad:
@@ -379,8 +392,8 @@ def build_mae(preset: str | None = "base", img_size: int | Sequence[int] = 96, p
         missing = [k for k in ("width", "depth", "heads") if k not in overrides]
         if missing:
             raise ValueError(f"build_mae: preset 'custom' needs explicit {', '.join(missing)}")
-        dw = max(overrides["width"] // 2, 8)
-        size = dict(decoder_width=dw, decoder_depth=4, decoder_heads=max(dw // 64, 1))
+        dw = overrides.get("decoder_width", max(overrides["width"] // 2, 8))
+        size = dict(decoder_width=dw, decoder_depth=4, decoder_heads=default_heads(dw))
     elif preset in PRESETS:
         size = dict(PRESETS[preset])
     else:

@@ -95,7 +95,29 @@ def test_save_through_wrapper(tmp_path, trained_mae):
 
     path = save_encoder(Wrapper(trained_mae), tmp_path / "enc.pt")
     assert load_encoder(path).config() == trained_mae.encoder.config()
+    compiled = torch.compile(trained_mae)  # wraps as ._orig_mod; nothing is compiled until it is called
+    path = save_encoder(Wrapper(compiled), tmp_path / "compiled.pt")
+    assert load_encoder(path).config() == trained_mae.encoder.config()
 
 
 class _Custom:
     pass
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"state_dict": None}, "no state_dict mapping"),
+    ({"meta": {"heads": 2.0}}, r"\{'heads': 2.0\} should be integers"),
+    ({"meta": {"heads": 5}}, "does not describe a buildable encoder: encoder: width 32 must be a positive multiple"),
+    ({"meta": {"img_size": "abc"}}, "does not describe a buildable encoder"),
+    ({"format_version": 0}, "format_version 0"),
+    ({"format_version": True}, "format_version True"),
+])
+def test_tampered_metadata_is_refused_by_file(tmp_path, trained_mae, change, match):
+    """Each error names the file: a damaged export must not load, or fail later without saying which."""
+    payload = read_encoder_file(save_encoder(trained_mae, tmp_path / "enc.pt"))
+    payload = {"format": "mixpretrain.encoder", "format_version": 1, **payload}
+    for key, value in change.items():
+        payload[key] = {**payload[key], **value} if key == "meta" else value
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=f"bad.pt.*{match}"):
+        load_encoder(tmp_path / "bad.pt")

@@ -256,3 +256,21 @@ def test_bad_forward_inputs():
         m(torch.randn(32, 16, 24))
     with pytest.raises(ValueError, match="noise: expected shape"):
         m(torch.randn(2, 1, 32, 16, 24), noise=torch.rand(2, 23))
+
+
+@pytest.mark.parametrize(("width", "enc_heads", "decoder_width", "heads"), [
+    (448, 7, None, 2), (400, 5, None, 2), (768, 12, None, 6), (64, 1, None, 1), (768, 12, 512, 8), (128, 2, 256, 4)])
+def test_custom_decoder_heads_default_divides_its_width(width, enc_heads, decoder_width, heads):
+    """The custom preset's default decoder heads divide the decoder width, the given one included
+    (224 // 64 = 3 heads did not divide 224)."""
+    extra = {} if decoder_width is None else {"decoder_width": decoder_width}
+    m = build_mae("custom", img_size=16, patch_size=8, width=width, depth=1, heads=enc_heads,
+                  decoder_depth=1, **extra)
+    assert m.decoder_heads == heads and m.decoder_width % m.decoder_heads == 0
+
+
+def test_norm_pix_loss_with_one_value_per_patch_is_refused():
+    with pytest.raises(ValueError, match="norm_pix_loss needs at least 2 values per patch"):
+        build_mae("custom", img_size=4, patch_size=1, width=32, depth=1, heads=2)
+    m = build_mae("custom", img_size=4, patch_size=1, width=32, depth=1, heads=2, norm_pix_loss=False)
+    assert torch.isfinite(m(torch.randn(2, 1, 4, 4, 4)).loss).all()
