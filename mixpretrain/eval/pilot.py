@@ -4,7 +4,8 @@
 
 1. plan: ``mixpretrain.scaling.planner.plan_pilots`` writes one run config per pilot run
    (single-domain runs, uniform, proportional and random mixtures at every budget) and
-   ``plan.json``; an existing ``plan.json`` in ``out_dir`` is reused, so a re-run resumes the sweep;
+   ``plan.json``; an existing ``plan.json`` in ``out_dir`` is reused, so a re-run resumes the sweep
+   (with the same planning arguments: other ones are refused, naming each);
 2. run (``mode="run"``): every unfinished pilot goes through ``launch/pretrain.py`` as a
    subprocess (one after another; a failed run is logged, counted and left out of the fit);
    ``mode="emit"`` only writes ``run_pilots.sh`` with the commands (e.g. to submit them to a
@@ -12,7 +13,8 @@
 3. collect: ``results.csv`` (``run, D_<domain>, L_<domain>``) from the runs' ``metrics.jsonl``;
 4. fit: ``laws.json`` (``fit_laws``; the runs are kept inside for ``laws report``);
 5. allocate: ``allocation.json`` at ``alloc_budget`` samples (default 4x the largest pilot
-   budget), with hubs and islands -- readable by the ``fixed`` sampler (``sampler.options.laws``);
+   budget), with hubs and islands -- readable by the ``fixed`` sampler (``sampler.options.laws``,
+   with ``floor`` as in the file: the sampler's default floor would raise weights below it);
    and ``report/`` (plots, summary.md) from ``scaling.report.write_report``.
 
 No torch import at module level (the trainer runs in subprocesses).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
 import time
 from pathlib import Path
@@ -53,6 +56,34 @@ def unique_from_index(base_config: str | Path | None, domains: list[str] | None)
     return domains, unique
 
 
+def _changed_plan_arguments(plan: dict[str, Any], domains: list[str], budgets: list[float], unique: dict[str, float],
+                            n_random: int, seed: int, nproc: int) -> list[str]:
+    """'--flag old -> new' for every planning argument that differs from the saved plan's.
+
+    --random and --seed only shape the random mixtures, --unique only the proportional one: they
+    are compared where the plan has those mixtures (several domains; random ones for --seed).
+    """
+    from mixpretrain.scaling.planner import budget_tag
+
+    def kv(values: dict[str, float] | None) -> str:
+        return ",".join(f"{d}={budget_tag(v)}" for d, v in sorted((values or {}).items())) or "none"
+
+    saved_random = plan.get("n_random")
+    if saved_random is None:  # a plan written before n_random was saved: count its random mixtures
+        saved_random = len({r["run"].split("-")[0] for r in plan["runs"] if r.get("kind") == "random"})
+    checks: list[tuple[str, Any, Any]] = [
+        ("--domains", ",".join(plan["domains"]), ",".join(domains)),
+        ("--budgets", ",".join(budget_tag(b) for b in sorted(plan["budgets"])), ",".join(budget_tag(b) for b in sorted(budgets))),
+        ("--nproc", int(plan.get("world_size", 1)), int(nproc)),
+    ]
+    if len(plan["domains"]) > 1:
+        checks.append(("--random", int(saved_random), int(n_random)))
+        if saved_random:
+            checks.append(("--seed", int(plan.get("seed", 0)), int(seed)))
+        checks.append(("--unique", kv(plan.get("unique")), kv({d: unique[d] for d in domains if d in unique})))
+    return [f"{flag} {old} -> {new}" for flag, old, new in checks if old != new]
+
+
 def _load_or_plan(out: Path, domains: list[str], budgets: list[float], base_config: str | Path | None,
                   unique: dict[str, float], n_random: int, seed: int, nproc: int, overwrite: bool) -> dict[str, Any]:
     from mixpretrain.scaling.planner import plan_pilots
@@ -60,9 +91,10 @@ def _load_or_plan(out: Path, domains: list[str], budgets: list[float], base_conf
     plan_path = out / "plan.json"
     if plan_path.is_file() and not overwrite:
         plan = json.loads(plan_path.read_text())
-        if plan["domains"] != domains or sorted(plan["budgets"]) != sorted(budgets):
-            raise ValueError(f"{plan_path} was planned for domains {plan['domains']} and budgets {plan['budgets']}, "
-                             f"not {domains} / {budgets}; use another output folder or overwrite=True")
+        changed = _changed_plan_arguments(plan, domains, budgets, unique, n_random, seed, nproc)
+        if changed:
+            raise ValueError(f"{plan_path} was planned for other arguments ({'; '.join(changed)}): resume with the "
+                             "saved ones, or use another output folder, or --overwrite to plan again")
         log.info("resuming the pilot sweep planned in %s (%d runs)", plan_path, len(plan["runs"]))
         return plan
     return plan_pilots(domains, budgets, base_config, out, unique=unique, n_random=n_random, seed=seed,
@@ -94,13 +126,14 @@ def _fit_and_allocate(out: Path, plan: dict[str, Any], unique: dict[str, float],
     fit = fit_laws(D, L, domains, family=family, unique=uniq, bootstrap=bootstrap, seed=seed)
     fit.data = Results(names, tuple(domains), D, L).to_data()
     (out / "laws.json").write_text(json.dumps(fit.to_dict(), indent=1))
-    budget = float(alloc_budget or 4 * max(plan["budgets"]))
+    budget = float(4 * max(plan["budgets"]) if alloc_budget is None else alloc_budget)
     alloc = allocate(fit, budget, importance=importance, floor=floor)
     hi = hubs_and_islands(fit, alloc.weights * budget, importance=importance)
-    doc = {**alloc.to_dict(), "domains": list(fit.domains), "family": fit.family,
+    doc = {**alloc.to_dict(), "floor": floor, "domains": list(fit.domains), "family": fit.family,
            **{k: hi[k] for k in ("hubs", "islands", "hub_score", "island_score")}}
     (out / "allocation.json").write_text(json.dumps(doc, indent=1, default=float))
-    files = [str(p) for p in write_report(fit, out / "report", budget=budget, importance=importance, floor=floor)] if report else []
+    files = [str(p) for p in write_report(fit, out / "report", budget=budget, importance=importance, floor=floor,
+                                          plan=plan)] if report else []
     return {"runs_fitted": names, "skipped": skipped, "family": fit.family, "warnings": fit.warnings,
             "allocation": doc, "report_files": files}
 
@@ -110,18 +143,35 @@ def run_pilot_sweep(out_dir: str | Path, base_config: str | Path | None, budgets
                     launcher: str = "python", nproc: int = 1, family: str = "auto", alloc_budget: float | None = None,
                     importance: dict[str, float] | None = None, floor: float = 0.0, bootstrap: int = 0,
                     timeout: float | None = None, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
-    """Plan, run (or emit), collect, fit and allocate; returns a summary (also in ``out_dir/pilot.json``)."""
+    """Plan, run (or emit), collect, fit and allocate; returns a summary (also in ``out_dir/pilot.json``).
+
+    ``importance``: domains left out count 1 (as ``--importance`` of ``laws allocate``). The
+    allocation arguments are checked before any pilot trains.
+    """
+    from mixpretrain.scaling.planner import check_unique
+
     if mode not in MODES:
         raise ValueError(f"pilot mode {mode!r} unknown; valid: {', '.join(MODES)}")
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r} unknown; valid: {', '.join(LAUNCHERS)}")
+    domains, index_unique = unique_from_index(base_config, domains)
+    check_unique(unique, domains)
+    unique = unique or index_unique
+    if alloc_budget is not None and not (math.isfinite(alloc_budget) and alloc_budget > 0):
+        raise ValueError(f"--budget {alloc_budget:g}: the allocation budget must be a positive number of samples")
+    if not (math.isfinite(floor) and 0.0 <= floor <= 1.0 / len(domains)):
+        raise ValueError(f"--floor {floor:g}: the minimum weight of every domain must be in [0, 1/{len(domains)}] "
+                         f"({len(domains)} domains)")
+    if importance:
+        unknown = [d for d in importance if d not in domains]
+        if unknown:
+            raise ValueError(f"--importance: unknown domain(s) {', '.join(unknown)}; domains are {', '.join(domains)}")
+        importance = {d: importance.get(d, 1.0) for d in domains}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    domains, index_unique = unique_from_index(base_config, domains)
-    unique = unique or index_unique
     plan = _load_or_plan(out, domains, budgets, base_config, unique, n_random, seed, nproc, overwrite)
     summary: dict[str, Any] = {"out_dir": str(out), "plan": str(out / "plan.json"), "n_runs": len(plan["runs"]),
-                               "mode": mode, "unique": unique}
+                               "mode": mode, "unique": unique, "notes": plan.get("notes", [])}
     if mode == "emit":
         summary["script"] = str(_emit(out, plan, launcher, nproc))
         log.info("pilot commands written to %s; run them, then `laws pilot --mode collect`", summary["script"])
@@ -159,7 +209,7 @@ def add_pilot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes per pilot run (torchrun)")
     p.add_argument("--family", default="auto", choices=["auto", "power", "linear", "transfer", "repetition"])
     p.add_argument("--budget", type=float, help="allocation budget in samples (default: 4x the largest pilot budget)")
-    p.add_argument("--importance", help="per-domain importance ct=1,mri=2,...")
+    p.add_argument("--importance", help="per-domain importance ct=2,... (unlisted domains: 1; default: equal)")
     p.add_argument("--floor", type=float, default=0.0)
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for confidence intervals")
     p.add_argument("--timeout", type=float, help="seconds per pilot run")
@@ -182,6 +232,9 @@ def cmd_pilot(args: argparse.Namespace) -> int:
         report=not args.no_report)
     if args.mode == "emit":
         print(f"{summary['n_runs']} pilot commands -> {summary['script']}")
+    for n in summary["notes"]:
+        print(f"  note: {n}")
+    if args.mode == "emit":
         return 0
     alloc = summary["allocation"]
     print(f"{len(summary['runs_fitted'])}/{summary['n_runs']} pilot runs fitted ({summary['family']} law) -> {summary['laws']}")

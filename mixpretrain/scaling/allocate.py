@@ -82,7 +82,9 @@ def project_box_simplex(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nda
 
 def _bounds(fit: LawFit, budget: float, caps: Any, floor: float) -> tuple[np.ndarray, np.ndarray]:
     k = len(fit.domains)
-    if not 0.0 <= floor * k <= 1.0:
+    if not floor >= 0.0:  # NaN too
+        raise ValueError(f"floor {floor}: the minimum weight of every domain must be >= 0")
+    if floor * k > 1.0:
         raise ValueError(f"floor {floor} x {k} domains exceeds 1: no mixture satisfies it")
     cap = _as_vector(caps, fit.domains, "caps")
     hi = np.ones(k) if cap is None else np.minimum(1.0, np.where(np.isfinite(cap), cap, np.inf) / budget)

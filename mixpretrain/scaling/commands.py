@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("allocate", help="optimal mixture weights at a budget")
     p.add_argument("laws", help="laws.json")
     _alloc_args(p, budget_required=True)
-    p.add_argument("-o", "--output", help="also write the JSON to this file (readable by sampler 'fixed' option 'laws')")
+    p.add_argument("-o", "--output", help="also write the JSON to this file (readable by sampler 'fixed' option 'laws'; "
+                   "give that sampler the same floor, e.g. floor: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_allocate)
 
@@ -54,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("laws", help="laws.json")
     p.add_argument("-o", "--output", required=True, help="output directory")
     _alloc_args(p, budget_required=False)
+    p.add_argument("--plan", help="the pilots' plan.json: curves.png matches runs to curves by name (default: "
+                   "the planner's run names, else the consumed shares)")
     p.set_defaults(func=cmd_report)
 
     p = lsub.add_parser("plan", help="emit pilot run configs (single-domain, uniform, proportional, random mixtures)")
@@ -79,14 +84,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _alloc_args(p: argparse.ArgumentParser, budget_required: bool) -> None:
     p.add_argument("--budget", type=float, required=budget_required,
                    help="total samples" + ("" if budget_required else " (default: 4x the largest pilot budget)"))
-    p.add_argument("--importance", help="per-domain importance ct=1,mri=2,... (default: equal)")
+    p.add_argument("--importance", help="per-domain importance ct=2,... (unlisted domains: 1; default: equal)")
     p.add_argument("--floor", type=float, default=0.0, help="minimum weight of every domain")
     p.add_argument("--caps", help="max samples per domain ct=N,..., or 'unique' for the fit's unique counts")
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise ValueError(f"-o {path} is a directory; give the path of the file to write")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _budget(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--budget {value:g}: the budget must be a positive number of samples")
+    return value
+
+
+def _importance(text: str | None, fit: Any) -> dict[str, float] | None:
+    """``--importance ct=2``: the listed domains' importance, every other domain 1 (None: all equal)."""
+    from .results import parse_kv
+
+    given = parse_kv(text, "--importance", fit.domains)
+    return {d: given.get(d, 1.0) for d in fit.domains} if given else None
 
 
 def _caps(text: str | None, fit: Any) -> Any:
@@ -156,25 +179,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _allocation_doc(args: argparse.Namespace, fit: Any) -> dict[str, Any]:
     from .allocate import allocate, hubs_and_islands
-    from .results import parse_kv
 
-    importance = parse_kv(args.importance, "--importance", fit.domains) or None
+    importance = _importance(args.importance, fit)
     caps = _caps(args.caps, fit)
-    alloc = allocate(fit, args.budget, importance=importance, caps=caps, floor=args.floor)
+    alloc = allocate(fit, _budget(args.budget), importance=importance, caps=caps, floor=args.floor)
     hi = hubs_and_islands(fit, alloc.weights * args.budget, importance=importance)
     doc = alloc.to_dict()
-    doc.update({"hubs": hi["hubs"], "islands": hi["islands"], "hub_score": hi["hub_score"],
+    doc.update({"floor": args.floor, "hubs": hi["hubs"], "islands": hi["islands"], "hub_score": hi["hub_score"],
                 "island_score": hi["island_score"], "domains": list(fit.domains), "family": fit.family})
     return doc
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
+    from mixpretrain.samplers.base import default_floor
+
     from .results import load_laws
 
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _refuse_overwrite(out, args.overwrite)
     fit = load_laws(args.laws)
     doc = _allocation_doc(args, fit)
-    if args.output:
-        Path(args.output).write_text(json.dumps(doc, indent=1))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+        low = [d for d, w in doc["weights"].items() if w < default_floor(len(fit.domains))]
+        if low:  # stderr: keeps --json output parseable
+            print(f"note: {', '.join(low)} below the fixed sampler's default floor {default_floor(len(fit.domains)):g}; "
+                  f"to train with these weights, give sampler 'fixed' floor: {args.floor:g} beside laws: {out}",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(doc))
     else:
@@ -188,12 +221,21 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .results import load_laws, parse_kv
+    from .results import load_laws
 
     fit = load_laws(args.laws)
-    importance = parse_kv(args.importance, "--importance", fit.domains) or None
-    files = write_report(fit, args.output, budget=args.budget, importance=importance, caps=_caps(args.caps, fit),
-                         floor=args.floor)
+    plan = None
+    if args.plan:
+        try:
+            plan = json.loads(Path(args.plan).read_text())
+        except OSError as exc:
+            raise FileNotFoundError(f"--plan {args.plan}: cannot read it ({exc.strerror})") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--plan {args.plan} is not valid JSON: {exc}") from exc
+        if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+            raise ValueError(f"--plan {args.plan}: not a plan.json of `laws plan` (no 'runs' list)")
+    files = write_report(fit, args.output, budget=_budget(args.budget), importance=_importance(args.importance, fit),
+                         caps=_caps(args.caps, fit), floor=args.floor, plan=plan)
     for f in files:
         print(f)
     return 0

@@ -22,25 +22,60 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def budget_tag(budget: float) -> str:
+    """A budget as written in run names: integers as integers (1234567, not 1.23457e+06), other
+    numbers exactly (repr), so distinct budgets never share a name."""
+    b = float(budget)
+    return str(int(b)) if b.is_integer() else repr(b)
+
+
+def check_unique(unique: dict[str, float] | None, domains: list[str]) -> None:
+    """``--unique`` must give every domain and no other (errors name the missing and unknown ones)."""
+    if not unique:
+        return
+    missing = [d for d in domains if d not in unique]
+    unknown = [d for d in unique if d not in domains]
+    if missing or unknown:
+        why = "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                        + ([f"unknown {', '.join(unknown)}"] if unknown else []))
+        raise ValueError(f"--unique must give every domain ({', '.join(domains)}) and no other: {why}")
+
+
 def _pilot_mixtures(domains: list[str], unique: dict[str, float], budgets: list[float], n_random: int,
-                    seed: int) -> list[tuple[str, str, float, dict[str, float]]]:
-    """(name, kind, budget, weights) for every pilot run."""
+                    seed: int) -> tuple[list[tuple[str, str, float, dict[str, float]]], list[str]]:
+    """(name, kind, budget, weights) for every pilot run, and notes on the mixtures left out.
+
+    A mixture with the same weights as one already planned at its budget (proportional with equal
+    unique counts is uniform) is left out: it would train the same run twice under two names.
+    """
     rng = np.random.default_rng(seed)
     k = len(domains)
-    runs = []
+    runs: list[tuple[str, str, float, dict[str, float]]] = []
+    skipped: dict[tuple[str, str], list[str]] = {}
     for b in budgets:
-        tag = f"{b:g}"
-        for d in domains:
-            runs.append((f"single-{d}-{tag}", "single", b, {x: float(x == d) for x in domains}))
+        tag = budget_tag(b)
+        mixes = [(f"single-{d}-{tag}", "single", {x: float(x == d) for x in domains}) for d in domains]
         if k > 1:
-            runs.append((f"uniform-{tag}", "uniform", b, {x: 1.0 / k for x in domains}))
+            mixes.append((f"uniform-{tag}", "uniform", {x: 1.0 / k for x in domains}))
         if unique and k > 1:
             tot = sum(unique[d] for d in domains)
-            runs.append((f"proportional-{tag}", "proportional", b, {x: unique[x] / tot for x in domains}))
+            mixes.append((f"proportional-{tag}", "proportional", {x: unique[x] / tot for x in domains}))
         for r in range(n_random if k > 1 else 0):
             w = rng.dirichlet(np.ones(k))
-            runs.append((f"random{r}-{tag}", "random", b, {x: float(v) for x, v in zip(domains, w, strict=True)}))
-    return runs
+            mixes.append((f"random{r}-{tag}", "random", {x: float(v) for x, v in zip(domains, w, strict=True)}))
+        planned: list[tuple[str, dict[str, float]]] = []
+        for name, kind, weights in mixes:
+            same = next((n for n, w in planned if all(abs(w[x] - weights[x]) <= 1e-12 for x in domains)), None)
+            if same is not None:
+                skipped.setdefault((name.removesuffix(f"-{tag}"), same.removesuffix(f"-{tag}")), []).append(tag)
+                log.info("pilot %s left out: same weights as %s", name, same)
+                continue
+            planned.append((name, weights))
+            runs.append((name, kind, b, weights))
+    notes = [f"{run} left out at budget(s) {', '.join(tags)}: same weights as {same}"
+             + (" (the unique counts are equal)" if run == "proportional" and same == "uniform" else "")
+             for (run, same), tags in skipped.items()]
+    return runs, notes
 
 
 def plan_pilots(domains: list[str], budgets: list[float], base_config: str | Path | None, out_dir: str | Path,
@@ -55,25 +90,31 @@ def plan_pilots(domains: list[str], budgets: list[float], base_config: str | Pat
         raise ValueError(f"--domains must list distinct domains, got {domains}")
     if len(budgets) < 1 or any(not (b > 0) for b in budgets):
         raise ValueError(f"--budgets must be positive sample counts, got {budgets}")
+    repeated = sorted({b for b in budgets if budgets.count(b) > 1})
+    if repeated:
+        raise ValueError(f"--budgets lists {', '.join(budget_tag(b) for b in repeated)} more than once: "
+                         "each budget is planned once (runs are named by budget)")
     unique = unique or {}
-    if unique and set(unique) != set(domains):
-        raise ValueError(f"--unique must give every domain ({', '.join(domains)}); got {', '.join(unique)}")
+    check_unique(unique, domains)
     out = Path(out_dir)
     plan_path = out / "plan.json"
     if plan_path.exists() and not overwrite:
         raise FileExistsError(f"{plan_path} exists; pass --overwrite to replace the plan")
     base = config_to_dict(load_config(base_config))
     global_batch = base["train"]["micro_batch_size"] * base["train"]["grad_accum_steps"] * world_size
-    notes = _design_notes(domains, sorted(budgets), unique)
+    mixtures, skip_notes = _pilot_mixtures(domains, unique, sorted(budgets), n_random, seed)
+    notes = _design_notes(domains, sorted(budgets), unique) + skip_notes
     entries = []
     (out / "configs").mkdir(parents=True, exist_ok=True)
-    for name, kind, budget, weights in _pilot_mixtures(domains, unique, sorted(budgets), n_random, seed):
+    for name, kind, budget, weights in mixtures:
         steps = max(1, math.ceil(budget / global_batch))
         raw = json.loads(json.dumps(base))
         raw["output_dir"] = str(out / "runs" / name)
         raw["data"]["domains"] = list(domains)
         raw["sampler"]["name"] = "fixed"
-        raw["sampler"]["options"] = {"weights": weights}
+        # floor 0: the fixed sampler would otherwise raise every weight to its default floor
+        # min(0.01, 0.5/K), and a single-domain pilot would train on the other domains too
+        raw["sampler"]["options"] = {"weights": weights, "floor": 0.0}
         raw["train"]["max_steps"] = steps
         raw["train"]["eval_every"] = min(raw["train"]["eval_every"], steps)
         raw["train"]["checkpoint_every"] = min(raw["train"]["checkpoint_every"], steps)
@@ -83,7 +124,8 @@ def plan_pilots(domains: list[str], budgets: list[float], base_config: str | Pat
         entries.append({"run": name, "kind": kind, "budget": budget, "samples": steps * global_batch,
                         "max_steps": steps, "weights": weights, "config": str(path), "output_dir": raw["output_dir"]})
     plan = {"domains": list(domains), "budgets": sorted(budgets), "unique": unique or None, "base_config": str(base_config),
-            "global_batch": global_batch, "world_size": world_size, "seed": seed, "runs": entries, "notes": notes}
+            "global_batch": global_batch, "world_size": world_size, "n_random": n_random, "seed": seed, "runs": entries,
+            "notes": notes}
     plan_path.write_text(json.dumps(plan, indent=2))
     return plan
 

@@ -2,7 +2,9 @@
 
 Files written to the output directory:
 - ``curves.png``: per target domain, loss against samples for training on each single source domain
-  (and the uniform mixture), fitted curve, bootstrap band, and the runs of that kind as points;
+  (and the uniform mixture), fitted curve, bootstrap band, and the runs of that kind as points (a run
+  is matched by its planned weights: from ``plan.json`` by run name when a plan is given, else from
+  the planner's names ``single-<domain>-<budget>`` / ``uniform-<budget>``, else its consumed shares);
 - ``parity.png``: predicted against observed loss for every run and domain;
 - ``transfer_matrix.png``: T as a heatmap (row = source, column = target);
 - ``hubs_islands.png``: the transfer graph at the allocation, arrow width = effective transfer;
@@ -38,7 +40,35 @@ def _budget_range(fit: LawFit, data: Any) -> tuple[float, float]:
     return fit.params["d_ref"] * k / 10, fit.params["d_ref"] * k * 40
 
 
-def plot_curves(fit: LawFit, data: Any, path: Path) -> None:
+def planned_fractions(fit: LawFit, runs: list[str], D: np.ndarray, plan: dict[str, Any] | None = None) -> np.ndarray:
+    """[R, K] the mixture each run was planned with: the plan entry of that name, else the one the
+    planner's run name says (single-<domain>-<budget>, uniform-<budget>), else the consumed shares.
+
+    Consumed shares of a sampled run are only near its weights (uniform-64 may consume 30/17/17),
+    so matching runs to curves by shares alone misses most of them.
+    """
+    k = len(fit.domains)
+    entries = {e["run"]: e for e in (plan or {}).get("runs", []) if isinstance(e, dict) and "run" in e}
+    frac = D / D.sum(axis=1, keepdims=True)
+    # longest domain first, so "single-ct-a-100" is ct-a's and not ct's
+    by_length = sorted(range(k), key=lambda i: -len(fit.domains[i]))
+    for r, name in enumerate(runs[:len(D)]):
+        entry = entries.get(name)
+        if entry is not None and isinstance(entry.get("weights"), dict):
+            w = np.array([float(entry["weights"].get(d, 0.0)) for d in fit.domains])
+            if w.sum() > 0:
+                frac[r] = w / w.sum()
+            continue
+        if name.startswith("uniform-"):
+            frac[r] = np.full(k, 1.0 / k)
+            continue
+        i = next((i for i in by_length if name.startswith(f"single-{fit.domains[i]}-")), None)
+        if i is not None:
+            frac[r] = np.eye(k)[i]
+    return frac
+
+
+def plot_curves(fit: LawFit, data: Any, path: Path, plan: dict[str, Any] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     k = len(fit.domains)
@@ -48,6 +78,7 @@ def plot_curves(fit: LawFit, data: Any, path: Path) -> None:
     nrow = int(np.ceil(k / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
     colors = plt.get_cmap("tab10")
+    frac = None if data is None else planned_fractions(fit, data[2], data[0], plan)
     for j, target in enumerate(fit.domains):
         ax = axes[j // ncol][j % ncol]
         sources = [(f"only {s}", np.eye(k)[i]) for i, s in enumerate(fit.domains)] + [("uniform", np.full(k, 1.0 / k))]
@@ -60,7 +91,6 @@ def plot_curves(fit: LawFit, data: Any, path: Path) -> None:
                 ax.fill_between(B, band[0][:, j], band[1][:, j], color=colors(c), alpha=0.2)
             if data is not None:
                 D, L, _ = data
-                frac = D / D.sum(axis=1, keepdims=True)
                 m = np.all(np.abs(frac - w) < 1e-3, axis=1) & np.isfinite(L[:, j])
                 ax.scatter(D[m].sum(axis=1), L[m, j], color=colors(c), s=14, zorder=3)
         ax.set_xscale("log")
@@ -211,8 +241,10 @@ def _summary(fit: LawFit, alloc: Any, hi: dict[str, Any], curve: list[tuple[floa
 
 
 def write_report(fit: LawFit, out_dir: str | Path, budget: float | None = None, importance: Any = None,
-                 caps: Any = None, floor: float = 0.0) -> list[Path]:
-    """Write the plots and summary.md; returns the files written."""
+                 caps: Any = None, floor: float = 0.0, plan: dict[str, Any] | None = None) -> list[Path]:
+    """Write the plots and summary.md; returns the files written. ``plan``: the pilots' plan.json
+    (matches runs to the curves by name); ``budget`` None: the top of the plotted range (4x the
+    largest run's total when the fit keeps its runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,7 +252,7 @@ def write_report(fit: LawFit, out_dir: str | Path, budget: float | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     data = _data(fit)
     lo, hi_b = _budget_range(fit, data)
-    budget = budget or hi_b
+    budget = hi_b if budget is None else budget
     alloc = allocate(fit, budget, importance=importance, caps=caps, floor=floor)
     hi = hubs_and_islands(fit, alloc.weights * budget, importance=importance)
     budgets = np.geomspace(lo, max(hi_b, budget), 10)
@@ -231,7 +263,7 @@ def write_report(fit: LawFit, out_dir: str | Path, budget: float | None = None, 
         except ValueError:  # caps below this budget: the curve stops where the budget is infeasible
             continue
     files = [out / "curves.png", out / "transfer_matrix.png", out / "hubs_islands.png", out / "allocation_vs_budget.png"]
-    plot_curves(fit, data, files[0])
+    plot_curves(fit, data, files[0], plan)
     plot_transfer(fit, files[1])
     plot_graph(fit, hi, files[2])
     plot_allocation(fit, np.array([b for b, _ in curve]), np.array([a.weights for _, a in curve]), files[3])

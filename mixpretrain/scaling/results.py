@@ -52,7 +52,7 @@ def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
     """Header (stripped of spaces) and rows of a CSV; a missing file is named with its role."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Excel) is not part of 'run'
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header

@@ -133,6 +133,51 @@ def test_pilot_cli_emit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                                     "model": {"patch_size": 8}, "train": {"micro_batch_size": 4}}))
     assert main(["laws", "pilot", "--base-config", str(base), "--budgets", "8,16,32", "--random", "1",
                  "--mode", "emit", "-o", str(tmp_path / "pilot")]) == 0
-    assert "15 pilot commands" in capsys.readouterr().out  # (2 single + uniform + proportional + 1 random) x 3 budgets
+    out = capsys.readouterr().out
+    # (2 single + uniform + 1 random) x 3 budgets: proportional equals uniform (equal unique counts), left out
+    assert "12 pilot commands" in out
+    assert "note: proportional left out at budget(s) 8, 16, 32: same weights as uniform" in out
     plan = json.loads((tmp_path / "pilot" / "plan.json").read_text())
     assert plan["unique"] == {"ct": 3 * 4, "mri": 3 * 4}  # train volumes x crops_per_volume (default 4)
+
+
+def _pilot_base(tmp_path: Path) -> Path:
+    from mixpretrain.data.synth import write_phantom_shards
+
+    write_phantom_shards(tmp_path / "shards", ["ct", "mri", "pet"], cases=4, size=16)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"data": {"shards": str(tmp_path / "shards"), "crop_size": 16},
+                                    "model": {"patch_size": 8}, "train": {"micro_batch_size": 4}}))
+    return base
+
+
+def test_pilot_refuses_bad_arguments_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Partial --unique (a KeyError in collect mode), --budget 0 (silently the default), a changed
+    --nproc/--random/--seed on resume (silently ignored: --nproc 2 consumed twice each budget)."""
+    from mixpretrain.cli import main
+    from mixpretrain.eval.pilot import run_pilot_sweep
+
+    base = _pilot_base(tmp_path)
+    out = tmp_path / "pilot"
+
+    def pilot(*extra: str) -> str:
+        assert main(["laws", "pilot", "--base-config", str(base), "--budgets", "8,16,32", "-o", str(out), *extra]) == 2
+        return capsys.readouterr().err
+
+    assert "--unique must give every domain (ct, mri, pet) and no other: missing mri, pet" in pilot(
+        "--mode", "collect", "--unique", "ct=100")
+    assert "--budget 0: the allocation budget must be a positive number of samples" in pilot("--mode", "emit", "--budget", "0")
+    assert "--floor -0.1: the minimum weight of every domain must be in [0, 1/3]" in pilot("--mode", "emit", "--floor", "-0.1")
+    assert "--importance: unknown domain(s) xray; domains are ct, mri, pet" in pilot("--mode", "emit", "--importance", "xray=2")
+    assert not (out / "plan.json").exists()
+
+    run_pilot_sweep(out, base, [8, 16, 32], n_random=2, seed=0, mode="emit")
+    with pytest.raises(ValueError) as err:
+        run_pilot_sweep(out, base, [8, 16, 32], n_random=1, seed=3, nproc=2, launcher="torchrun", mode="collect")
+    assert str(err.value) == (f"{out / 'plan.json'} was planned for other arguments (--nproc 1 -> 2; --random 2 -> 1; "
+                              "--seed 0 -> 3): resume with the saved ones, or use another output folder, or --overwrite "
+                              "to plan again")
+    with pytest.raises(ValueError, match=r"--budgets 8,16,32 -> 8,16,64; --unique ct=12,mri=12,pet=12 -> ct=12,mri=12,pet=24"):
+        run_pilot_sweep(out, base, [8, 16, 64], unique={"ct": 12, "mri": 12, "pet": 24}, mode="emit")
+    # the same arguments resume, in any order
+    assert run_pilot_sweep(out, base, [32, 16, 8], unique={"pet": 12, "ct": 12, "mri": 12}, mode="emit")["n_runs"] == 18

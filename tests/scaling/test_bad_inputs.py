@@ -126,3 +126,11 @@ def test_parse_kv_and_lawfit_errors():
     world = make_world(2, seed=0, hub=None)
     with pytest.raises(ValueError, match="consumption has 3 domains"):
         world.predict(np.ones(3))
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    """A spreadsheet's UTF-8 BOM is not part of the first column's name ('run')."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (GOOD_HEADER + "a,1,2,0.5,0.6\n").encode())
+    res = read_results(path)
+    assert res.runs == ["a"] and res.domains == ("ct", "mri")

@@ -136,3 +136,92 @@ def test_plan_then_collect(tmp_path, capsys):
     assert res2.D.tolist() == [[4.0, 12.0]] and np.isnan(res2.L[0, 1])
     with pytest.raises(ValueError, match="no finished run"):
         laws("collect", str(runs / "d"), "-o", str(tmp_path / "res3.csv"))
+
+
+def test_allocate_output_is_handled_like_fit(fitted, capsys):
+    """-o: an existing file is kept without --overwrite, a directory is named, a new folder is created."""
+    tmp, _, _ = fitted
+    target = tmp / "alloc_new" / "sub" / "alloc.json"
+    assert laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "-o", str(target)) == 0
+    doc = json.loads(target.read_text())
+    assert doc["floor"] == 0.0 and set(doc["weights"]) == {"ct", "mri", "pet"}
+    target.write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"{target} exists; pass --overwrite to replace it"):
+        laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "-o", str(target))
+    assert target.read_text() == "keep me"
+    laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "-o", str(target), "--overwrite")
+    assert json.loads(target.read_text())["weights"] == doc["weights"]
+    with pytest.raises(ValueError, match=f"-o {target.parent} is a directory; give the path of the file to write"):
+        laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "-o", str(target.parent), "--overwrite")
+
+
+def test_allocate_output_notes_the_fixed_samplers_floor(tmp_path, capsys):
+    """Weights below the fixed sampler's default floor would be raised to it unless its floor is given."""
+    world = make_world(2, seed=0, hub=0, island=1)
+    D = pilot_design(2, BUDGETS, np.random.default_rng(0))
+    write_results(tmp_path / "r.csv", [f"r{i}" for i in range(len(D))], ("ct", "mri"), D, observe(world, D, np.random.default_rng(1)))
+    laws("fit", str(tmp_path / "r.csv"), "-o", str(tmp_path / "laws.json"), "--bootstrap", "0", "--family", "power")
+    capsys.readouterr()
+    laws("allocate", str(tmp_path / "laws.json"), "--budget", "64000", "--importance", "ct=1,mri=0", "--json",
+         "-o", str(tmp_path / "a.json"))
+    out, err = capsys.readouterr()
+    doc = json.loads(out)  # stdout stays JSON
+    assert doc["weights"]["mri"] < 0.01
+    assert f"mri below the fixed sampler's default floor 0.01; to train with these weights, give sampler 'fixed' " \
+           f"floor: 0 beside laws: {tmp_path / 'a.json'}" in err
+
+
+def test_budget_zero_is_refused_not_replaced_by_the_default(fitted):
+    tmp, _, _ = fitted
+    with pytest.raises(ValueError, match=r"--budget 0: the budget must be a positive number of samples"):
+        laws("report", str(tmp / "laws.json"), "-o", str(tmp / "report0"), "--budget", "0")
+    assert not (tmp / "report0").exists()
+    with pytest.raises(ValueError, match=r"--budget -5: the budget must be a positive number of samples"):
+        laws("allocate", str(tmp / "laws.json"), "--budget", "-5")
+
+
+def test_importance_of_unlisted_domains_is_one(fitted, capsys):
+    tmp, _, _ = fitted
+    capsys.readouterr()
+    laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "--importance", "pet=2", "--json")
+    partial = json.loads(capsys.readouterr().out)
+    laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "--importance", "ct=1,mri=1,pet=2", "--json")
+    assert json.loads(capsys.readouterr().out)["weights"] == partial["weights"]
+
+
+def test_negative_floor_says_so(fitted):
+    tmp, _, _ = fitted
+    with pytest.raises(ValueError, match=r"floor -0.1: the minimum weight of every domain must be >= 0"):
+        laws("allocate", str(tmp / "laws.json"), "--budget", "64000", "--floor", "-0.1")
+
+
+def test_report_with_plan_puts_the_runs_on_the_curves(tmp_path, monkeypatch):
+    """Sampled runs consume only about their weights: matched by shares within 1e-3, curves.png showed none."""
+    from mixpretrain.scaling import report
+
+    world = make_world(2, seed=0, hub=0, island=1)
+    planned = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.3, 0.7]]
+    realised = [[0.99, 0.01], [0.02, 0.98], [0.53, 0.47], [0.31, 0.69]]
+    budgets = [500.0, 1000.0, 2000.0, 4000.0]
+    names = [f"p{i}" for i in range(16)]  # not the planner's names: only the plan can tell
+    D = np.array([np.array(w) * b for b in budgets for w in realised])
+    write_results(tmp_path / "r.csv", names, ("ct", "mri"), D, observe(world, D, np.random.default_rng(0)))
+    laws("fit", str(tmp_path / "r.csv"), "-o", str(tmp_path / "laws.json"), "--bootstrap", "0", "--family", "power")
+    plan = {"runs": [{"run": n, "weights": dict(zip(("ct", "mri"), planned[i % 4], strict=True))}
+                     for i, n in enumerate(names)]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    seen = []
+    real = report.planned_fractions
+    monkeypatch.setattr(report, "planned_fractions", lambda *a: seen.append(real(*a)) or seen[-1])
+    curves = [np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.5, 0.5])]
+
+    def on_curves(frac):
+        return sum(int(np.all(np.abs(frac - w) < 1e-3, axis=1).sum()) for w in curves)
+
+    laws("report", str(tmp_path / "laws.json"), "-o", str(tmp_path / "rep"), "--plan", str(tmp_path / "plan.json"))
+    assert on_curves(seen[-1]) == 12  # single-ct, single-mri and uniform at 4 budgets
+    laws("report", str(tmp_path / "laws.json"), "-o", str(tmp_path / "rep2"))
+    assert on_curves(seen[-1]) == 0  # without the plan (and other names): the consumed shares
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="--plan .*bad.json: not a plan.json of `laws plan`"):
+        laws("report", str(tmp_path / "laws.json"), "-o", str(tmp_path / "rep"), "--plan", str(tmp_path / "bad.json"))
