@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .runner import read_metrics, run_one
+from .runner import check_same_config, read_metrics, run_one
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,15 @@ def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
     domains = list(recs[-1]["consumed"])
     last = val_recs[-final_evals:]
     final = last[-1]
+    # The trainer logs a NaN/Inf loss as null: a run that diverged has no final loss to compare.
+    bad = [(int(r["step"]), k) for r in last for k, v in r.items()
+           if k.startswith("val/") and (v is None or not math.isfinite(float(v)))]
+    if bad:
+        raise ValueError(f"{run_dir}: non-finite validation loss ({bad[0][1]} at step {bad[0][0]}; "
+                         f"{len(bad)} value(s) among the last {len(last)} evaluations)")
+    if len(last) < final_evals:
+        log.warning("%s: %d validation records, fewer than final_evals %d: the final loss is their mean",
+                    run_dir, len(last), final_evals)
     out: dict[str, Any] = {
         "domains": domains,
         "final_step": int(final["step"]),
@@ -216,7 +225,8 @@ def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
         "final_val": {d: float(np.mean([r[f"val/{d}"] for r in last if f"val/{d}" in r]))
                       for d in domains if f"val/{d}" in final},
         "consumed": {d: float(n) for d, n in recs[-1]["consumed"].items()},
-        "val_curve": {d: [[int(r["step"]), float(r[f"val/{d}"])] for r in val_recs if f"val/{d}" in r] for d in domains},
+        "val_curve": {d: [[int(r["step"]), float(r[f"val/{d}"])] for r in val_recs if r.get(f"val/{d}") is not None]
+                      for d in domains},
         "weights_curve": [[int(r["step"]), [float(r["weights"][d]) for d in domains]] for r in recs if "weights" in r],
         "samples_per_s": float(np.mean([r["samples_per_s"] for r in recs if "samples_per_s" in r] or [math.nan])),
     }
@@ -233,8 +243,12 @@ def summarise_run(run_dir: Path, final_evals: int = 1) -> dict[str, Any]:
 
 
 def _normalise(per_run: dict[str, dict], runs: list[dict], domains: list[str]) -> dict[str, dict[str, float]]:
-    """Per run: each domain's loss / reference loss (proportional, same seed; else mean over samplers)."""
+    """Per run: each domain's loss / reference loss (proportional, same seed; else, where no
+    proportional run was planned, the mean over samplers). A seed whose proportional run failed is
+    left out: there is nothing to pair it with (a mean over the other samplers would make up a
+    reference, and a ratio of 1.0 with one other sampler)."""
     out = {}
+    prop_planned = any(r["sampler"] == "proportional" for r in runs)
     for r in runs:
         s = per_run.get(r["name"])
         if s is None:
@@ -242,6 +256,8 @@ def _normalise(per_run: dict[str, dict], runs: list[dict], domains: list[str]) -
         ref_name = f"proportional-seed{r['seed']}"
         if ref_name in per_run:
             ref = per_run[ref_name]["final_val"]
+        elif prop_planned:
+            continue
         else:
             same_seed = [per_run[x["name"]]["final_val"] for x in runs if x["seed"] == r["seed"] and x["name"] in per_run]
             ref = {d: float(np.mean([v[d] for v in same_seed])) for d in domains}
@@ -278,9 +294,11 @@ def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
     norm = _normalise(per_run, runs, domains)
     table: dict[str, Any] = {}
     for sampler in dict.fromkeys(r["sampler"] for r in runs):
-        names = [r["name"] for r in done if r["sampler"] == sampler]
+        finished = [r for r in done if r["sampler"] == sampler]
+        names = [r["name"] for r in finished if r["name"] in norm]
+        unpaired = [r["seed"] for r in finished if r["name"] not in norm]
         if not names:
-            table[sampler] = {"status": "failed"}
+            table[sampler] = {"status": "failed", **({"unpaired_seeds": unpaired} if unpaired else {})}
             continue
         val = {d: float(np.mean([per_run[n]["final_val"][d] for n in names])) for d in domains}
         nrm = {d: float(np.mean([norm[n][d] for n in names])) for d in domains}
@@ -303,6 +321,8 @@ def build_table(runs: list[dict], per_run: dict[str, dict]) -> dict[str, Any]:
             "consumed": consumed,
             "consumed_fraction": {d: c / total for d, c in consumed.items()},
         }
+        if unpaired:
+            row["unpaired_seeds"] = unpaired
         transfer = [per_run[n]["transfer"] for n in names if "transfer" in per_run[n]]
         if transfer:
             row["hubs"], row["islands"] = transfer[-1].get("hubs"), transfer[-1].get("islands")
@@ -326,6 +346,9 @@ def format_table(result: dict[str, Any]) -> str:
     for name, row in result["samplers"].items():
         if row.get("status") == "failed":
             lines.append(f"| {name} | " + " | ".join(["failed"] * (len(head) - 1)) + " |")
+            if row.get("unpaired_seeds"):
+                notes.append(f"{name}: finished seed(s) {row['unpaired_seeds']} have no {result['reference']} run "
+                             "of the same seed to pair with")
             continue
         sd = row.get("mean_normalised_sd")
         cells = [name, *[f"{row['final_val'][d]:.4f}" for d in doms], f"{row['mean_normalised']:.4f}",
@@ -340,6 +363,9 @@ def format_table(result: dict[str, Any]) -> str:
             what = "not distinguishable from" if vs["verdict"] == "not distinguishable" else f"{vs['verdict']} than"
             notes.append(f"{name}: mean normalised loss {what} {result['reference']} at {vs['level']:.0%} "
                          f"over {row['seeds']} seeds (p = {vs['p']:.2g})")
+        if row.get("unpaired_seeds"):
+            notes.append(f"{name}: seed(s) {row['unpaired_seeds']} left out: the {result['reference']} run of the "
+                         "same seed did not finish, so there is nothing to pair them with")
         if row.get("hubs") is not None or row.get("islands") is not None:
             notes.append(f"{name}: hubs {row.get('hubs')}, islands {row.get('islands')}")
         if row.get("company_pairs"):
@@ -349,6 +375,10 @@ def format_table(result: dict[str, Any]) -> str:
     if other:
         notes.append(f"reused {len(other)} finished run(s) trained by other mixpretrain code: {', '.join(other)} "
                      "(remove them to retrain under this code)")
+    short = result.get("short_final_evals") or {}
+    if short:
+        notes.append(f"fewer validation records than final_evals {result.get('final_evals')} (their mean is used): "
+                     + ", ".join(f"{n} ({c})" for n, c in sorted(short.items())))
     ref = result["reference"]
     k = int(result.get("final_evals", 1))
     val = "val = last validation loss" if k == 1 else f"val = mean of the last {k} validation losses"
@@ -433,7 +463,9 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}"
                          + (f"; variants: {', '.join(variants)}" if variants else ""))
     samplers = [*samplers, *(v for v in variants if v not in samplers)]
-    seeds = int(seeds or bench.get("seeds", 1))
+    seeds = int(bench.get("seeds", 1) if seeds is None else seeds)
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds} (--seeds or bench.seeds)")
     final_evals = int(bench.get("final_evals", 1))  # validated by split_bench_config
     jobs = int(bench.get("jobs", 1) if jobs is None else jobs)
     if jobs < 1:
@@ -449,13 +481,24 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     out.mkdir(parents=True, exist_ok=True)
     ensure_phantom_shards(run_cfg["data"]["shards"], bench.get("phantom"))
     runs = plan_runs(run_cfg, bench, samplers, seeds, out, variants)
+    for r in runs:  # a stale run folder is refused now, not after hours of training the others
+        check_same_config(r["config"], r["run_dir"])
     t0 = time.perf_counter()
     status = train_runs(runs, out, jobs, launcher, nproc, timeout)
-    per_run = {r["name"]: summarise_run(r["run_dir"], final_evals) for r in runs if status[r["name"]]["status"] != "failed"}
+    per_run = {}
+    for r in runs:
+        if status[r["name"]]["status"] == "failed":
+            continue
+        try:
+            per_run[r["name"]] = summarise_run(r["run_dir"], final_evals)
+        except ValueError as exc:  # e.g. a diverged run: left out by name, the others compared
+            log.error("%s: left out of the comparison: %s", r["name"], exc)
+            status[r["name"]] = {**status[r["name"]], "status": "failed", "reason": str(exc)}
     result = build_table(runs, per_run)
     result.update({
         "config": str(config), "variants": variants, "seeds": seeds, "final_evals": final_evals, "launcher": launcher, "nproc": nproc, "jobs": jobs, "runs": status,
         "total_samples": {n: sum(s["consumed"].values()) for n, s in per_run.items()},
+        "short_final_evals": {n: len(s["final_evals"]) for n, s in per_run.items() if len(s["final_evals"]) < final_evals},
         "wall_s": round(time.perf_counter() - t0, 1),
     })
     result["plots"] = plot(result, per_run, runs, out)

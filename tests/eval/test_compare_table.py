@@ -68,3 +68,38 @@ def test_poor_company_pairs_are_counted_over_seeds() -> None:
     result = build_table(runs, per_run)
     assert result["samplers"]["company"]["company_pairs"] == {"pet->ct": 1}
     assert "company: poor company at the end of the run (forgetting: company): pet->ct in 1/2 seeds" in format_table(result)
+
+
+def test_a_seed_whose_proportional_run_failed_is_left_out_not_made_up() -> None:
+    """Without proportional-seed2 there is nothing to pair transfer's seed 2 with: it is left out
+    (it used to be divided by the mean over samplers of that seed: a ratio of exactly 1.0)."""
+    runs = [{"name": f"{s}-seed{k}", "sampler": s, "seed": k} for s in ("proportional", "transfer") for k in (0, 1, 2)]
+    per_run = {f"proportional-seed{k}": summary(1.0, 0.5) for k in (0, 1)}
+    per_run |= {f"transfer-seed{k}": summary(0.98, 0.49) for k in (0, 1, 2)}
+    result = build_table(runs, per_run)
+    row = result["samplers"]["transfer"]
+    assert row["seeds"] == 2 and row["mean_normalised_per_seed"] == pytest.approx([0.98, 0.98])
+    assert row["unpaired_seeds"] == [2]
+    assert "transfer: seed(s) [2] left out: the proportional run of the same seed did not finish" in format_table(result)
+
+
+def test_summary_of_a_diverged_or_short_run(tmp_path, caplog) -> None:
+    """A null (NaN/Inf) validation loss among the final evaluations: a clear error naming the run;
+    fewer evaluations than final_evals: their mean, with a warning."""
+    import json
+    import logging
+
+    from mixpretrain.eval.compare import summarise_run
+
+    def write(run, vals):
+        run.mkdir()
+        recs = [{"step": 10 * (i + 1), "consumed": {"ct": 5, "pet": 5}, "val/ct": v, "val/pet": 0.5}
+                for i, v in enumerate(vals)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return run
+
+    with pytest.raises(ValueError, match=r"diverged: non-finite validation loss \(val/ct at step 30"):
+        summarise_run(write(tmp_path / "diverged", [1.0, 0.9, None]), final_evals=2)
+    with caplog.at_level(logging.WARNING):
+        s = summarise_run(write(tmp_path / "short", [1.0, 0.8]), final_evals=5)
+    assert s["final_val"]["ct"] == pytest.approx(0.9) and "fewer than final_evals 5" in caplog.text
