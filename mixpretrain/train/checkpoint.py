@@ -40,6 +40,7 @@ from mixpretrain.config import (
     flatten,
 )
 from mixpretrain.train.dist import barrier
+from mixpretrain.train.schedule import apply_config_after_resume
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ class Checkpointer:
                                               load_lr_scheduler_states=True)
         if path is None or client is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag_dir}")
+        if engine.lr_scheduler is not None:  # the schedule and LR of the current config, from the next step
+            apply_config_after_resume(engine.lr_scheduler.optimizer, engine.lr_scheduler, self.cfg.train)
         rng_file = tag_dir / f"rng_rank{self.rank}.pt"
         set_rng_state(torch.load(rng_file, weights_only=True))
         log.info("resumed from %s", tag_dir)

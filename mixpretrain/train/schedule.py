@@ -46,3 +46,22 @@ def lr_multiplier(cfg: TrainConfig) -> Callable[[int], float]:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
+
+
+def apply_config_after_resume(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                              cfg: TrainConfig) -> None:
+    """Make a restored optimizer and scheduler follow the *current* config from the next step on.
+
+    Why: a checkpoint restores each parameter group's ``lr`` (computed by the old schedule), its
+    ``weight_decay`` and the scheduler's peak LRs, while the schedule function is built from the
+    new config. Without this, the first step after extending ``train.max_steps`` trained at the
+    old schedule's LR (a WSD run at ``min_lr`` instead of the peak), and a ``train.lr`` or
+    ``train.weight_decay`` changed under ``train.allow_config_change`` was silently ignored.
+    The decay group is the first one (``engine.param_groups``); the no-decay group keeps 0."""
+    scheduler.base_lrs = [float(cfg.lr)] * len(optimizer.param_groups)
+    for i, (group, fn) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True)):
+        group["initial_lr"] = float(cfg.lr)
+        group["lr"] = float(cfg.lr) * fn(scheduler.last_epoch)  # the LR of the next optimizer step
+        if i == 0:
+            group["weight_decay"] = float(cfg.weight_decay)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -78,6 +78,9 @@ class Trainer:
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "weights": self.mixture.weights.tolist(), "weights_version": s.weights_version,
             "last_val": self.last_val, "world_size": self.info.world_size, "seed": self.cfg.train.seed,
+            # Train losses accumulated since the last metrics record (log_every > 1): without them the
+            # steps between that record and the checkpoint would appear in no record after a resume.
+            "log_acc": None if s.log_acc is None else s.log_acc.tolist(),
             "fingerprint": config_fingerprint(self.cfg), "run_id": self.run_id,
         }}
 
@@ -97,6 +100,8 @@ class Trainer:
             else:
                 self.sampler.load_state_dict(state)
         self.last_val = dict(client.get("last_val", {}))
+        if client.get("log_acc") is not None:
+            self.state.log_acc = np.asarray(client["log_acc"], dtype=np.float64)
         self._publish(weights)
         if self.info.is_main:  # evidence that the sampler continues from exactly the saved state
             with open(self.out / "sampler.jsonl", "a") as f:
@@ -168,7 +173,8 @@ class Trainer:
     def fit(self, start_time: float) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         self._open_loggers()
-        s.log_acc = np.zeros((2, len(self.domains)))
+        if s.log_acc is None or s.log_acc.shape != (2, len(self.domains)):
+            s.log_acc = np.zeros((2, len(self.domains)))
         global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * self.info.world_size
         it = iter(self.loader)
         self.engine.train()

@@ -80,10 +80,19 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     assert all(f"val/{d}" in recs[2] for d in DOMAINS)
     assert (out / "encoder.pt").is_file() and (out / "checkpoints" / "step00000006" / "encoder.pt").is_file()
 
-    # Same command with a longer horizon: resumes at step 6 and continues to 8.
+    # Same command with a longer horizon: resumes at step 6 and continues to 8, on the new
+    # schedule from the first resumed step (WSD over 8 steps: still at the peak at step 7; the
+    # restored optimizer used to carry the old schedule's LR, min_lr, into that step).
     res = _run(_python(cfg, "train.max_steps=8"))
     assert res.returncode == 0, _tail(res)
-    assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 9))
+    recs = _records(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == list(range(1, 9))
+    from mixpretrain.config import load_config
+    from mixpretrain.train.schedule import lr_multiplier
+
+    new = load_config(cfg, ["train.max_steps=8"]).train
+    assert [r["lr"] for r in recs[6:]] == pytest.approx([new.lr * lr_multiplier(new)(i) for i in (6, 7)])
+    assert recs[6]["lr"] == pytest.approx(new.lr)
 
     # The same command once more: nothing to train, said at once (no engine, no process group).
     res = _run(_python(cfg, "train.max_steps=8"))
@@ -97,10 +106,14 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
 
     # train.allow_config_change: another sampler starts afresh from the counts so far; another
     # model cannot take the weights, which is said before anything runs.
-    res = _run(_python(cfg, "train.max_steps=10", "sampler.name=temperature", "train.allow_config_change=true"))
+    changed = ["train.max_steps=10", "sampler.name=temperature", "train.lr=4.0e-3", "train.allow_config_change=true"]
+    res = _run(_python(cfg, *changed))
     assert res.returncode == 0, _tail(res)
     assert "sampler changed from 'uniform' to 'temperature'" in res.stderr
-    assert [r["step"] for r in _records(out / "metrics.jsonl")] == list(range(1, 11))
+    recs = _records(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == list(range(1, 11))
+    new = load_config(cfg, changed).train  # the changed peak LR applies from the first resumed step
+    assert [r["lr"] for r in recs[8:]] == pytest.approx([new.lr * lr_multiplier(new)(i) for i in (8, 9)])
     res = _run(_python(cfg, "train.max_steps=12", "sampler.name=temperature", "model.overrides.width=64",
                        "train.allow_config_change=true"))
     assert res.returncode == 2 and "holds another model" in res.stderr and "model.overrides.width" in res.stderr
