@@ -158,22 +158,30 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
         help="check every shard in index.json: present, size, sha256, every sample decodable",
         description="Exit 0 when every shard is intact; exit 1 naming each missing, truncated or corrupted shard.",
     )
-    v.add_argument("shards_dir", metavar="SHARDS_DIR")
+    v.add_argument("shards_dir", metavar="SHARDS_DIR", help="local shards folder (not a URL: every file is read)")
     v.add_argument("--domains", help="comma-separated subset of domains")
     v.add_argument("--quick", action="store_true", help="sizes and checksums only, no decoding")
     v.set_defaults(func=_run_verify)
     s = ssub.add_parser("stats", help="per-domain and per-split sample counts, shard counts, sizes, skips")
-    s.add_argument("shards_dir", metavar="SHARDS_DIR")
+    s.add_argument("shards_dir", metavar="SHARDS_DIR", help="shards folder, or http(s):// URL of one (reads index.json only)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=_run_stats)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .shards import load_index, orphans, verify
+    from .shards import index_location, is_url, load_index, orphans, verify
 
-    domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
-    problems = verify(args.shards_dir, domains, deep=not args.quick)
+    if is_url(args.shards_dir):
+        raise ValueError(f"verify needs a local shards folder, not the URL {args.shards_dir}: it reads every shard "
+                         "file and its SHA-256 (run it where the shards are stored, or on a downloaded copy)")
     index = load_index(args.shards_dir)
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
+    if domains is not None:
+        unknown = [d for d in domains if d not in index["domains"]]
+        if unknown or not domains:
+            raise ValueError(f"--domains {args.domains!r}: {unknown or 'no domain named'} not in "
+                             f"{index_location(args.shards_dir)} (has {sorted(index['domains'])})")
+    problems = verify(args.shards_dir, domains, deep=not args.quick)
     for f in orphans(args.shards_dir):
         print(f"note: {f} is not in index.json (left by an interrupted run?); readers ignore it", file=sys.stderr)
     n = sum(len(index["domains"][d]["shards"]) for d in (domains or index["domains"]) if d in index["domains"])

@@ -201,7 +201,28 @@ def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict]:
         raise ShardError(f"{where}: meta.json lacks {exc}") from None
     except ShardError as exc:
         raise ShardError(f"{where}: {exc}") from None
+    if not _all_finite(volume):  # the writer refuses NaN/Inf: these come from a corrupted payload
+        bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+        raise ShardError(f"{where}: {bad} NaN/Inf voxel(s) after decoding: corrupted payload")
     return volume, meta
+
+
+def _all_finite(volume: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """No NaN/Inf voxel. Cheap next to decoding: float16 by an integer test of the exponent bits (~6x
+    faster than ``np.isfinite``), in 1 M-voxel chunks (no volume-sized temporary). Measured on one core:
+    256x256x200 float16 ~1.6 ms against ~7 ms (blosc2) / ~26 ms (zstd) to decode; see docs/data.md."""
+    flat = volume.reshape(-1)
+    half = flat.dtype == np.float16
+    bits = flat.view(np.uint16) if half else flat
+    buf = np.empty(min(chunk, flat.size), np.uint16 if half else bool)
+    for start in range(0, flat.size, chunk):
+        part, out = bits[start : start + chunk], buf[: min(chunk, flat.size - start)]
+        if half:  # exponent all ones <=> |bits| >= 0x7C00
+            if np.bitwise_and(part, 0x7FFF, out=out).max() >= 0x7C00:
+                return False
+        elif not np.isfinite(part, out=out).all():
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,18 +428,70 @@ def _empty_index() -> dict:
     return {"format_version": FORMAT_VERSION, "domains": {}, "skipped": 0}
 
 
-def load_index(shards_dir: str | Path) -> dict:
-    """Read ``<shards_dir>/index.json``; errors name the file and the reason."""
-    path = Path(shards_dir) / INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard index (run `mixpretrain ingest` or `mixpretrain synth` first)")
+HTTP_TIMEOUT = 30.0  # seconds to wait for index.json over http(s) (connect, and each read)
+
+
+def is_url(source: Any) -> bool:
+    """True for an ``http(s)://`` shards location: its index.json is fetched over http, its shards
+    are read by curl (see :mod:`mixpretrain.data.stream`)."""
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def _base_url(url: str) -> str:
+    """``http://host/shards``, ``.../shards/`` or ``.../shards/index.json`` -> ``http://host/shards/``."""
+    return url[: -len(INDEX_NAME)] if url.endswith("/" + INDEX_NAME) else url.rstrip("/") + "/"
+
+
+def index_location(shards_dir: str | Path) -> str:
+    """Where the index of a shards dir (local folder or http(s) URL) is read from, for messages."""
+    return _base_url(shards_dir) + INDEX_NAME if is_url(shards_dir) else str(Path(shards_dir) / INDEX_NAME)
+
+
+def shard_location(shards_dir: str | Path, file: str) -> str:
+    """Path or URL of one shard, from its ``file`` entry in index.json (``<domain>/<split>-NNNNNN.tar``)."""
+    return _base_url(shards_dir) + file if is_url(shards_dir) else str(Path(shards_dir) / file)
+
+
+def _fetch(url: str) -> bytes:
+    import urllib.error
+    import urllib.request
+
     try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    version = index.get("format_version")
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        kind = FileNotFoundError if exc.code in (404, 410) else ValueError
+        raise kind(f"{url}: cannot fetch the shard index: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, unknown host, timed out, reset
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {HTTP_TIMEOUT:g} s"
+        raise ValueError(f"{url}: cannot fetch the shard index ({reason})") from None
+
+
+def load_index(shards_dir: str | Path) -> dict:
+    """Read ``<shards_dir>/index.json``; errors name the file (or URL) and the reason.
+
+    ``shards_dir`` is a local folder or an ``http(s)://`` URL of one (with or without the trailing
+    slash, or of its index.json), fetched with a ``HTTP_TIMEOUT`` timeout.
+    """
+    where = index_location(shards_dir)
+    if is_url(shards_dir):
+        text = _fetch(where)
+    else:
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no shard index (run `mixpretrain ingest` or `mixpretrain synth` first)")
+        text = path.read_bytes()
+    try:
+        index = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc})") from exc
+    version = index.get("format_version") if isinstance(index, dict) else None
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+        raise ValueError(f"{where}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+    if not isinstance(index.get("domains"), dict):
+        raise ValueError(f"{where}: not a shard index (no 'domains' mapping)")
     return index
 
 
@@ -533,16 +606,15 @@ def remove_domain(out_dir: str | Path, domain: str) -> None:
 
 
 def shard_urls(shards_dir: str | Path, domain: str, split: str) -> list[str]:
-    """Local paths of a domain's shards for one split, in order, as listed in index.json."""
+    """Paths (or, for an http(s) shards dir, URLs) of a domain's shards for one split, in order, as
+    listed in index.json."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     index = load_index(shards_dir)
     if domain not in index["domains"]:
-        raise KeyError(
-            f"domain {domain!r} not in {Path(shards_dir) / INDEX_NAME}; domains: {sorted(index['domains'])}"
-        )
+        raise KeyError(f"domain {domain!r} not in {index_location(shards_dir)}; domains: {sorted(index['domains'])}")
     shards = sorted((s for s in index["domains"][domain]["shards"] if s["split"] == split), key=lambda s: s["file"])
-    return [str(Path(shards_dir) / s["file"]) for s in shards]
+    return [shard_location(shards_dir, s["file"]) for s in shards]
 
 
 def domains(shards_dir: str | Path) -> list[str]:
@@ -551,6 +623,13 @@ def domains(shards_dir: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # verify and stats
+
+
+def _local_dir(shards_dir: str | Path, what: str) -> Path:
+    if is_url(shards_dir):
+        raise ValueError(f"{what} needs a local shards folder, not the URL {shards_dir}: it reads every shard file "
+                         "and its SHA-256 (run it where the shards are written or stored, or on a downloaded copy)")
+    return Path(shards_dir)
 
 
 def _check_shard_contents(path: Path) -> str | None:
@@ -571,9 +650,9 @@ def _check_shard_contents(path: Path) -> str | None:
 def verify(shards_dir: str | Path, domain_names: list[str] | None = None, deep: bool = True) -> list[dict]:
     """Check every shard listed in index.json: present, size, sha256 and (``deep``) decodable.
 
-    Returns a list of ``{"file", "problem"}``; empty when all is well.
+    Returns a list of ``{"file", "problem"}``; empty when all is well. Needs a local folder.
     """
-    shards_dir = Path(shards_dir)
+    shards_dir = _local_dir(shards_dir, "verify")
     index = load_index(shards_dir)
     problems: list[dict] = []
     wanted = domain_names or sorted(index["domains"])
@@ -600,7 +679,7 @@ def verify(shards_dir: str | Path, domain_names: list[str] | None = None, deep: 
 def orphans(shards_dir: str | Path) -> list[str]:
     """Shard files on disk that index.json does not list (e.g. renamed just before a crash, or
     left by another tool). Readers ignore them; a later ingest numbers its shards after them."""
-    shards_dir = Path(shards_dir)
+    shards_dir = _local_dir(shards_dir, "orphans")
     index = load_index(shards_dir)
     listed = {s["file"] for d in index["domains"].values() for s in d["shards"]}
     found = []

@@ -30,16 +30,26 @@ rather than replaying the samples seen before the checkpoint.
 Bad shards. A shard that cannot be opened, is truncated or corrupted, or holds fewer samples
 than index.json lists, and a sample that does not decode, is logged (with the shard and the
 reason) and counted in ``stream.stats`` (per process), then skipped; ``strict=True`` raises
-:class:`ShardError` instead. If every shard keeps failing, the stream raises rather than spin.
+:class:`ShardError` instead. So is a sample that decodes to NaN/Inf voxels (a corrupted payload).
+If every shard fails (shard errors, or nothing but bad samples) without one good sample in
+between, the stream raises rather than spin; one shard full of bad samples is only skipped.
+
+HTTP. ``http(s)://`` shards are read by curl, with webdataset's command, plus a stall timeout: when
+no byte arrives for ``HTTP_STALL_SECONDS`` (env ``MIXPRETRAIN_HTTP_STALL_S``), curl is killed and
+the shard is a bad shard like any other (webdataset's curl has no transfer timeout: a server that
+stalls mid-transfer would hang the stream forever).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import logging
+import os
 import random
-import urllib.request
+import re
+import select
+import subprocess
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
@@ -50,7 +60,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from mixpretrain.data.shards import INDEX_NAME, ShardError, decode_sample, load_index, shard_urls
+from mixpretrain.data.shards import (
+    INDEX_NAME,
+    SPLITS,
+    ShardError,
+    decode_sample,
+    index_location,
+    is_url,
+    load_index,
+    shard_location,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +91,15 @@ def _as_crop_size(crop_size: int | Sequence[int]) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- sources
 
 
-def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://", "pipe:", "file:"))
-
-
-def _remote_index(url: str) -> tuple[str, dict]:
-    """Fetch ``index.json`` from an http(s) shards dir; returns (base URL, index)."""
-    base = url[: -len(INDEX_NAME)] if url.endswith(INDEX_NAME) else url.rstrip("/") + "/"
-    try:
-        with urllib.request.urlopen(base + INDEX_NAME, timeout=30) as resp:
-            return base, json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read shard index {base + INDEX_NAME}: {exc}") from exc
-
-
-def _from_index(index: dict, where: str, domain: str, split: str, base: str) -> tuple[list[str], dict[str, int]]:
-    if domain not in index.get("domains", {}):
-        raise ValueError(f"domain {domain!r} not in {where}; domains: {sorted(index.get('domains', {}))}")
+def _from_index(source: str | Path, domain: str, split: str) -> tuple[list[str], dict[str, int]]:
+    """Shard URLs of a shards dir (local or http(s)) and their sample counts, from one read of its index."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    index = load_index(source)
+    if domain not in index["domains"]:
+        raise ValueError(f"domain {domain!r} not in {index_location(source)}; domains: {sorted(index['domains'])}")
     shards = sorted((s for s in index["domains"][domain]["shards"] if s["split"] == split), key=lambda s: s["file"])
-    urls = [base + s["file"] for s in shards]
+    urls = [shard_location(source, s["file"]) for s in shards]
     return urls, {u: int(s["samples"]) for u, s in zip(urls, shards, strict=True)}
 
 
@@ -104,18 +113,11 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
     if isinstance(source, str | Path) and Path(source).is_dir():
         if not (Path(source) / INDEX_NAME).is_file():
             raise ValueError(f"{source} is a directory without {INDEX_NAME}; pass a shards dir or a list of shard URLs")
-        try:
-            urls = shard_urls(source, domain, split)
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        index = load_index(source)
-        counts = {str(Path(source) / s["file"]): int(s["samples"]) for s in index["domains"][domain]["shards"]}
-        return urls, {u: counts[u] for u in urls}
-    if isinstance(source, str) and source.startswith(("http://", "https://")) and (
+        return _from_index(source, domain, split)
+    if is_url(source) and (
         source.endswith(("/", INDEX_NAME)) or not (source.endswith(".tar") or "{" in source or "::" in source)
     ):  # a shards dir over http: anything that is not a shard URL or pattern
-        base, index = _remote_index(source)
-        return _from_index(index, base + INDEX_NAME, domain, split, base)
+        return _from_index(source, domain, split)
     if isinstance(source, str | Path):
         from webdataset.shardlists import expand_urls
 
@@ -123,6 +125,95 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
     if not all(isinstance(u, str | Path) for u in source):
         raise ValueError(f"source list must hold URL or path strings, got {source!r}")
     return [str(u) for u in source], {}
+
+
+# ----------------------------------------------------------------------------- http
+
+
+HTTP_STALL_SECONDS = 60.0  # no byte for this long from an http(s) shard: give it up (a counted bad shard)
+STALL_ENV = "MIXPRETRAIN_HTTP_STALL_S"  # overrides HTTP_STALL_SECONDS (read at each shard open)
+# webdataset's own command (webdataset/gopen.py gopen_curl), plus -S so a failure says why. Its
+# --retry covers connection failures and 5xx/429 answers, before any byte is written; a transfer
+# that dies mid-way (error 18/56) is not retried. curl's own --speed-time/--max-time would be
+# retried too, and a retry appends a second copy of the bytes already sent to the stream: so the
+# stall timeout is ours (`_CurlStream`), not curl's.
+CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-S", "-L")
+
+
+def _stall_seconds() -> float:
+    value = os.environ.get(STALL_ENV, "").strip()
+    try:
+        stall = float(value) if value else HTTP_STALL_SECONDS
+    except ValueError:
+        raise ValueError(f"{STALL_ENV}={value!r} is not a number of seconds") from None
+    if not stall > 0:
+        raise ValueError(f"{STALL_ENV} must be > 0 seconds, got {value!r}")
+    return stall
+
+
+class _CurlStream(io.RawIOBase):
+    """An http(s) shard read through curl, given up when no byte arrives for ``stall`` seconds.
+
+    Each read waits (poll) at most ``stall`` seconds for curl to write; on a stall curl is killed
+    and the read raises ``OSError`` naming the URL. At the end of the transfer a non-zero curl exit
+    (404, refused, cut mid-way, ...) raises ``OSError`` with curl's own message.
+    """
+
+    def __init__(self, url: str, stall: float) -> None:
+        super().__init__()
+        self.name, self.stall = url, stall  # name: webdataset's messages show it
+        self._proc = subprocess.Popen([*CURL, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._fd = self._proc.stdout.fileno()  # type: ignore[union-attr]
+        self._poll = select.poll()  # not select.select: it fails for fd numbers over 1023
+        self._poll.register(self._fd, select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR)
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._ended:
+            return 0
+        if not self._poll.poll(self.stall * 1000):  # nothing to read (not even EOF) for `stall` seconds
+            self._end(kill=True)
+            raise OSError(f"{self.name}: no data for {self.stall:g} s (server or network stalled); transfer abandoned")
+        n = os.readv(self._fd, [buffer])
+        if n == 0:
+            code, err = self._end()
+            if code != 0:
+                raise OSError(f"{self.name}: curl exit {code}" + (f" ({err})" if err else ""))
+        return n
+
+    def _end(self, kill: bool = False) -> tuple[int, str]:
+        self._ended = True
+        if kill and self._proc.poll() is None:
+            self._proc.kill()
+        try:
+            code = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+        return code, re.sub(r"^curl: \(\d+\) ", "", err)  # "curl: (18) transfer closed ..." -> "transfer closed ..."
+
+    def close(self) -> None:
+        if not self.closed:
+            if not self._ended:
+                self._end(kill=True)  # read only part of it (tar end reached, or the pipeline dropped it)
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        super().close()
+
+
+def open_shard(url: str) -> Any:
+    """A readable binary stream of one shard: http(s) through curl with a stall timeout
+    (:class:`_CurlStream`), anything else (path, ``file:``, ``pipe:``) by webdataset's ``gopen``."""
+    if is_url(url):
+        return io.BufferedReader(_CurlStream(url, _stall_seconds()), buffer_size=1 << 20)
+    from webdataset.gopen import gopen
+
+    return gopen(url)
 
 
 # ----------------------------------------------------------------------------- crops
@@ -259,25 +350,50 @@ class DomainStream(IterableDataset):
         return int(rank), int(world), int(worker), int(workers)
 
     # -- errors ----------------------------------------------------------------------------------
-    def _failure(self, kind: str, where: str, reason: str) -> None:
+    def _failure(self, kind: str, where: str, reason: str, shard: str) -> None:
         self.stats[kind] += 1
         msg = f"domain {self.domain!r}: skipped {'shard' if kind == 'bad_shards' else 'sample'} {where}: {reason}"
         self.errors = (self.errors + [msg])[-100:]
         if self.strict:
             raise ShardError(msg.replace("skipped", "bad", 1) + " (strict=True)")
         log.warning("%s (skipped so far: %d shards, %d samples)", msg, self.stats["bad_shards"], self.stats["bad_samples"])
-        self._no_progress(msg)
+        self._no_progress(shard, msg, sample=kind == "bad_samples")
 
-    def _no_progress(self, last: str) -> None:
-        """Count a failure with no good sample since; raise when it looks like every shard is bad.
+    def _no_progress(self, shard: str, last: str, *, sample: bool = False) -> None:
+        """Note a failure in ``shard`` (of a sample, or of the shard itself) with no good sample since
+        the last one; raise once every shard has failed since then.
 
-        Resampled mode would otherwise redraw broken shards forever without yielding anything.
+        Resampled mode would otherwise redraw broken shards forever without yielding anything. The
+        test is on distinct shards, not on failures in a row, so a shard holding many bad samples is
+        skipped while the other shards still yield. A shard fails by a shard error (unreadable,
+        truncated, ...) or when as many of its samples as it holds (as read at its end, else as
+        index.json lists) failed in a row. Failures that name no known shard fall back to a count
+        (``2 x shards + 8`` in a row).
         """
         self._consecutive_failures += 1
-        if self._consecutive_failures > 2 * len(self.urls) + 8:
+        if shard not in self._url_set:
+            self._unattributed += 1
+        elif not sample:
+            self._failing.add(shard)
+        else:
+            bad = self._bad_in_row[shard] = self._bad_in_row.get(shard, 0) + 1
+            size = self._sizes.get(shard, self.expected.get(shard))
+            if size is not None and bad >= size:
+                self._failing.add(shard)
+        if len(self._failing) >= len(self._url_set):
             raise ShardError(
-                f"domain {self.domain!r}: {self._consecutive_failures} failures in a row without one good sample; last: {last}"
+                f"domain {self.domain!r}: every one of its {len(self._url_set)} shard(s) failed without one good "
+                f"sample in between ({self._consecutive_failures} failures in a row); last: {last}"
             )
+        if self._unattributed > 2 * len(self._url_set) + 8:
+            raise ShardError(f"domain {self.domain!r}: {self._consecutive_failures} failures in a row without one "
+                             f"good sample; last: {last}")
+
+    def _progress(self) -> None:
+        """A good sample: failures so far no longer count towards the every-shard-fails guard."""
+        self._consecutive_failures = self._unattributed = 0
+        self._failing.clear()
+        self._bad_in_row.clear()
 
     def _url_of(self, exn: BaseException) -> str:
         for arg in reversed(exn.args):
@@ -289,15 +405,17 @@ class DomainStream(IterableDataset):
     def _on_shard_error(self, exn: Exception) -> bool:
         """webdataset handler: log, count, skip (True = carry on) or raise when strict."""
         if self.strict and isinstance(exn, ShardError):
+            exn.args = exn.args[:1]  # webdataset appends (stream, url) on its way up: keep our message
             raise exn  # ours, raised by an inner handler: outer webdataset levels must not swallow it
         url = self._url_of(exn)
         if url in self._failed_now:  # one broken shard raises at several levels (or is redrawn): log it once
-            self._no_progress(f"{url} again")
+            self._no_progress(url, f"{url} again")
             return True
         self._failed_now.add(url)
         # OSError's first arg is its errno (e.g. "FileNotFoundError: 2"): its str names the reason and file.
         first = str(exn.args[0]) if exn.args and isinstance(exn.args[0], str) else (str(exn) or type(exn).__name__)
-        self._failure("bad_shards", url, f"{type(exn).__name__}: {first}")
+        first = re.sub(r" @ <[^<>]*>$", "", first)  # webdataset's " @ <_io.BufferedReader name=...>": the URL is named
+        self._failure("bad_shards", url, f"{type(exn).__name__}: {first}", url)
         return True
 
     # -- stages ----------------------------------------------------------------------------------
@@ -330,10 +448,12 @@ class DomainStream(IterableDataset):
         url = None
         for f in files:
             if f == {}:  # webdataset's end-of-shard marker
+                if url is not None:
+                    self._sizes[url] = len(keys)  # before its last sample is decoded: group_by_keys yields it after this
                 want = self.expected.get(url or "")
                 if url is not None and want is not None and len(keys) < want and url not in self._failed_now:
                     self._failed_now.add(url)
-                    self._failure("bad_shards", url, f"truncated: {len(keys)} of {want} samples listed in {INDEX_NAME}")
+                    self._failure("bad_shards", url, f"truncated: {len(keys)} of {want} samples listed in {INDEX_NAME}", url)
                 keys, url = set(), None
             else:
                 if f.get("__url__", url) != url:  # a shard that failed mid-way sent no end marker
@@ -341,26 +461,39 @@ class DomainStream(IterableDataset):
                 keys.add(f["fname"].split("/")[-1].split(".", 1)[0])
             yield f
 
-    def _samples(self, src: Iterable[dict]) -> Iterator[Sample]:
-        from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+    def _open(self, src: Iterable[dict]) -> Iterator[dict]:
+        """webdataset's ``url_opener``, with :func:`open_shard` (a stall timeout for http(s))."""
+        for item in src:
+            url = item["url"]
+            try:
+                stream = open_shard(url)
+            except Exception as exn:  # noqa: BLE001 - the handler logs and counts it, or raises when strict
+                exn.args = (*exn.args, url)
+                if self._on_shard_error(exn):
+                    continue
+                break
+            yield {**item, "stream": stream}
 
-        streams = url_opener(src, handler=self._on_shard_error)
-        files = tar_file_expander(streams, handler=self._on_shard_error)
+    def _samples(self, src: Iterable[dict]) -> Iterator[Sample]:
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        files = tar_file_expander(self._open(src), handler=self._on_shard_error)
         return group_by_keys(self._checked_files(files), handler=self._on_shard_error)
 
     def _crops(self, samples: Iterable[Sample], rank: int, worker: int) -> Iterator[Sample]:
         worker_rng = np.random.default_rng(derive_seed("crops", self.seed, self.epoch, rank, worker, self.domain))
         for sample in samples:
-            where = f"{sample.get('__key__', '?')!r} in {sample.get('__url__', '?')}"
+            shard = str(sample.get("__url__", "?"))
+            where = f"{sample.get('__key__', '?')!r} in {shard}"
             try:
-                volume, meta = decode_sample(sample)
+                volume, meta = decode_sample(sample)  # ShardError also for NaN/Inf voxels
             except ShardError as exc:
-                self._failure("bad_samples", where, str(exc))
+                self._failure("bad_samples", where, str(exc), shard)
                 continue
             if volume.ndim != 3 or volume.size == 0:
-                self._failure("bad_samples", where, f"volume shape {volume.shape} is not a non-empty 3-D array")
+                self._failure("bad_samples", where, f"volume shape {volume.shape} is not a non-empty 3-D array", shard)
                 continue
-            self._consecutive_failures = 0
+            self._progress()
             self.stats["volumes"] += 1
             key = str(sample["__key__"])
             # Finite mode: crops depend on the sample only, not on which rank/worker reads it.
@@ -382,7 +515,10 @@ class DomainStream(IterableDataset):
         rank, world, worker, workers = self.topology()
         self._url_set = set(self.urls)
         self._failed_now: set[str] = set()
-        self._consecutive_failures = 0
+        self._failing: set[str] = set()  # shards failed since the last good sample
+        self._bad_in_row: dict[str, int] = {}  # bad samples per shard since the last good sample
+        self._sizes: dict[str, int] = {}  # samples per shard, as read to its end
+        self._consecutive_failures = self._unattributed = 0
         shards, keep = self._shards(rank, world, worker, workers)
         stages: list[Any] = [shards, self._samples]
         if keep is not None:

@@ -40,18 +40,21 @@ class Plan:
 
 
 def resolve_domains(cfg: RunConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
-    from mixpretrain.data.shards import load_index
+    """The run's domains and their index.json entries; ``data.shards`` is a local shards folder or an
+    ``http(s)://`` URL of one (its index.json is fetched)."""
+    from mixpretrain.data.shards import index_location, load_index
 
     try:
         index = load_index(cfg.data.shards)["domains"]
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"config key 'data.shards': {exc}") from exc
+    where = index_location(cfg.data.shards)
     domains = tuple(cfg.data.domains) or tuple(sorted(index))
     missing = [d for d in domains if d not in index]
     if missing:
-        raise ConfigError(f"config key 'data.domains': {missing} not in {cfg.data.shards}/index.json (has {sorted(index)})")
+        raise ConfigError(f"config key 'data.domains': {missing} not in {where} (has {sorted(index)})")
     if not domains:
-        raise ConfigError(f"config key 'data.shards': {cfg.data.shards}/index.json lists no domains")
+        raise ConfigError(f"config key 'data.shards': {where} lists no domains")
     empty = [d for d in domains if index[d].get("splits", {}).get("train", {}).get("samples", 0) == 0]
     if empty:
         raise ConfigError(f"config key 'data.domains': domains {empty} have no train samples in {cfg.data.shards}")
@@ -63,7 +66,15 @@ def _check_shard_files(cfg: RunConfig, domains: tuple[str, ...], index: dict[str
     """Every shard the index lists for these domains is on disk (a stat each). A missing
     validation shard would change the fixed validation set, and a domain without any train shard
     cannot be sampled: both stop here. A few missing train shards are warned about by name; the
-    streams then skip them, counted, as they skip a corrupted shard (``data.strict`` stops here)."""
+    streams then skip them, counted, as they skip a corrupted shard (``data.strict`` stops here).
+
+    Shards served over http(s) are not checked here (a request per shard from every rank); the
+    streams skip, counted and logged, any that cannot be fetched."""
+    from mixpretrain.data.shards import is_url
+
+    if is_url(cfg.data.shards):
+        log.debug("data.shards is a URL (%s): shard files are not checked before the run", cfg.data.shards)
+        return
     root = Path(cfg.data.shards)
     missing = {d: [s for s in index[d].get("shards", []) if not (root / s["file"]).is_file()] for d in domains}
     missing = {d: m for d, m in missing.items() if m}

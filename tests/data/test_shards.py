@@ -193,6 +193,30 @@ def test_decode_sample_errors_name_the_sample():
         S.decode_sample({"__key__": "z", "meta.json": json.dumps(meta).encode(), "vol.zst": b"garbage"})
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_decode_sample_refuses_non_finite_voxels(dtype, bad):
+    """The writer refuses NaN/Inf, so a volume that decodes to them has a corrupted payload."""
+    vol = _vol().astype(dtype)
+    meta = json.dumps({"shape": list(vol.shape), "dtype": dtype}).encode()
+    for codec in ("raw", "zstd", "blosc2"):
+        out, _ = S.decode_sample({"__key__": "k", "meta.json": meta, S.CODEC_EXT[codec]: S.encode_volume(vol, codec)})
+        np.testing.assert_array_equal(out, vol)
+        broken = vol.copy()
+        broken[3, 4, 5] = bad
+        sample = {"__key__": "k", "__url__": "s.tar", "meta.json": meta, S.CODEC_EXT[codec]: S.encode_volume(broken, codec)}
+        with pytest.raises(S.ShardError, match=r"sample 'k' in s.tar: 1 NaN/Inf voxel\(s\) after decoding: corrupted payload"):
+            S.decode_sample(sample)
+    extremes = np.array([np.finfo(dtype).max, np.finfo(dtype).min, 0.0, -0.0, np.finfo(dtype).tiny], dtype=dtype)
+    assert S._all_finite(extremes) and S._all_finite(np.zeros((0, 2, 2), dtype))
+
+
+def test_verify_needs_a_local_folder():
+    for fn in (S.verify, S.orphans):
+        with pytest.raises(ValueError, match="needs a local shards folder, not the URL http://host/shards/"):
+            fn("http://host/shards/")
+
+
 def test_safe_key():
     assert S.safe_key("sub-01/ses 2.nii") == "sub-01_ses_2_nii"
     with pytest.raises(ValueError):

@@ -313,3 +313,180 @@ def test_resampled_stream_with_only_bad_shards_raises_instead_of_spinning(damage
         Path(url).write_bytes(b"this is not a tar file" * 100)
     with pytest.raises(ShardError, match="failures in a row"):
         next(iter(DomainStream(damaged, "ct", crop_size=8)))
+
+
+# ----------------------------------------------------------------------------- runs of bad samples
+
+
+def _zero_payload_headers(path: Path, keys: set[str] | None = None) -> None:
+    """Zero the first 16 bytes (the codec header) of every volume payload in a shard (of ``keys`` only, if given)."""
+    data = bytearray(path.read_bytes())
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            if ".vol." in m.name and (keys is None or m.name.split(".")[0] in keys):
+                data[m.offset_data : m.offset_data + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def one_bad_shard(tmp_path: Path) -> Path:
+    """The reviewer's setup: 3 shards x 16 samples of one domain, every sample of shard 1 undecodable."""
+    out = tmp_path / "runbad"
+    with ShardWriter(out, "toy", "mri", "train", maxcount=16) as w:
+        for i in range(48):
+            w.write(f"s{i:03d}", np.full((8, 8, 8), i + 1, np.float32), {})
+    update_index(out, "toy", "mri", shards=w.close())
+    _zero_payload_headers(Path(shard_urls(out, "toy", "train")[1]))
+    return out
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 16])
+def test_a_shard_of_bad_samples_is_skipped_not_fatal(one_bad_shard: Path, shuffle_buffer: int) -> None:
+    """More bad samples in a row than the old ``2 x shards + 8`` limit, all in one shard: the other
+    shards still yield, every bad sample is a counted skip (finite and resampled)."""
+    good = {f"s{i:03d}" for i in [*range(16), *range(32, 48)]}
+    finite = DomainStream(one_bad_shard, "toy", crop_size=4, resampled=False, shuffle_buffer=shuffle_buffer)
+    assert Counter(s["key"] for s in finite) == dict.fromkeys(good, 1)
+    assert finite.stats["bad_samples"] == 16 and finite.stats["bad_shards"] == 0, finite.errors
+    assert len(finite.errors) == 16 and all("skipped sample" in e and "train-000001.tar" in e for e in finite.errors)
+    resampled = DomainStream(one_bad_shard, "toy", crop_size=4, resampled=True, shuffle_buffer=shuffle_buffer)
+    keys = [s["key"] for s in itertools.islice(iter(resampled), 200)]
+    assert len(keys) == 200 and set(keys) <= good and resampled.stats["bad_samples"] >= 16
+
+
+def test_a_run_of_bad_samples_in_a_single_shard_is_not_all_bad(tmp_path: Path) -> None:
+    """One shard, its first 12 of 16 samples bad: the shard is not all bad, its last 4 are read."""
+    with ShardWriter(tmp_path, "toy", "mri", "train", maxcount=16) as w:
+        for i in range(16):
+            w.write(f"s{i:03d}", np.full((8, 8, 8), i + 1, np.float32), {})
+    update_index(tmp_path, "toy", "mri", shards=w.close())
+    _zero_payload_headers(Path(shard_urls(tmp_path, "toy", "train")[0]), {f"s{i:03d}" for i in range(12)})
+    stream = DomainStream(tmp_path, "toy", crop_size=4, resampled=False, shuffle_buffer=0)
+    assert [s["key"] for s in stream] == [f"s{i:03d}" for i in range(12, 16)]
+    assert stream.stats["bad_samples"] == 12
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_every_shard_of_bad_samples_still_raises(one_bad_shard: Path, resampled: bool) -> None:
+    for url in shard_urls(one_bad_shard, "toy", "train"):
+        _zero_payload_headers(Path(url))
+    stream = DomainStream(one_bad_shard, "toy", crop_size=4, resampled=resampled, shuffle_buffer=4)
+    with pytest.raises(ShardError, match=r"every one of its 3 shard\(s\) failed without one good sample"):
+        next(iter(stream))
+
+
+# ----------------------------------------------------------------------------- NaN / Inf payloads
+
+
+def test_payload_decoding_to_nan_or_inf_is_a_bad_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupted payload that still decodes, to non-finite voxels (raw float16: 0xFFFF is NaN,
+    0x7C00 is +Inf), is a counted, logged skip naming key and shard; strict raises."""
+    with ShardWriter(tmp_path, "toy", "mri", "train", maxcount=8, codec="raw") as w:
+        for i in range(4):
+            w.write(f"case{i}", np.full((6, 6, 6), i + 1, np.float32), {})
+    update_index(tmp_path, "toy", "mri", shards=w.close())
+    path = Path(shard_urls(tmp_path, "toy", "train")[0])
+    data = bytearray(path.read_bytes())
+    with tarfile.open(path) as tar:
+        vols = {m.name.split(".")[0]: m for m in tar.getmembers() if ".vol." in m.name}
+    data[vols["case1"].offset_data + 10 : vols["case1"].offset_data + 12] = b"\xff\xff"  # NaN
+    data[vols["case2"].offset_data + 40 : vols["case2"].offset_data + 42] = b"\x00\xfc"  # -Inf (little endian)
+    path.write_bytes(bytes(data))
+    stream = DomainStream(tmp_path, "toy", crop_size=6, resampled=False, shuffle_buffer=0)
+    with caplog.at_level("WARNING", logger="mixpretrain.data.stream"):
+        items = list(stream)
+    assert [i["key"] for i in items] == ["case0", "case3"] and all(torch.isfinite(i["image"]).all() for i in items)
+    assert stream.stats["bad_samples"] == 2
+    assert "skipped sample 'case1' in " in caplog.text and path.name in caplog.text
+    assert "1 NaN/Inf voxel(s) after decoding: corrupted payload" in caplog.text
+    with pytest.raises(ShardError, match=r"bad sample 'case1' in .*train-000000.tar.*NaN/Inf"):
+        list(DomainStream(tmp_path, "toy", crop_size=6, resampled=False, shuffle_buffer=0, strict=True))
+
+
+# ----------------------------------------------------------------------------- http: index, stalls
+
+
+def test_http_shards_dir_through_load_index_shard_urls_and_stream(datasets: dict[int, Path], http_root: str) -> None:
+    """load_index / shard_urls take an http(s) shards dir (with or without the slash, or its
+    index.json URL); errors name the URL and the HTTP status."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed: webdataset's http(s) reader needs it")
+    local = load_index(datasets[2])
+    for url in (http_root, http_root.rstrip("/"), http_root + "index.json"):
+        assert load_index(url) == local
+        assert shard_urls(url, "ct", "train") == [http_root + "ct/train-000000.tar", http_root + "ct/train-000001.tar"]
+    stream = DomainStream(http_root.rstrip("/"), "ct", split="train", resampled=False, crop_size=8)
+    assert stream.urls == shard_urls(http_root, "ct", "train") and set(stream.expected) == set(stream.urls)
+    crops = list(itertools.islice(iter(stream), 4))
+    assert len(crops) == 4 and all(c["image"].shape == (1, 8, 8, 8) for c in crops)
+    with pytest.raises(FileNotFoundError, match=rf"{http_root}nope/index.json: cannot fetch the shard index: HTTP 404"):
+        load_index(http_root + "nope/")
+    with pytest.raises(KeyError, match=rf"domain 'mri' not in {http_root}index.json"):
+        shard_urls(http_root, "mri", "train")
+    with pytest.raises(ValueError, match=r"http://127.0.0.1:9/index.json: cannot fetch the shard index \(.*refused"):
+        load_index("http://127.0.0.1:9/")
+
+
+class _StallingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; for ``stall_name`` sends the headers and 40% of the bytes, then nothing until released."""
+
+    stall_name = "train-000001.tar"
+    release = threading.Event()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not self.path.endswith(self.stall_name):
+            super().do_GET()
+            return
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) * 4 // 10])
+        self.wfile.flush()
+        self.release.wait(60)
+        self.close_connection = True
+
+
+@pytest.fixture()
+def stalling_root(datasets: dict[int, Path]) -> Iterator[str]:
+    release = threading.Event()
+    handler = functools.partial(type("H", (_StallingHandler,), {"release": release}), directory=str(datasets[4]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_http_server_stalling_mid_transfer_is_a_bad_shard_not_a_hang(
+        datasets: dict[int, Path], stalling_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that stops sending mid-shard (webdataset's curl would wait forever): after the stall
+    timeout (MIXPRETRAIN_HTTP_STALL_S, 60 s by default; 1 s here) the shard is a counted skip naming the URL."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed: webdataset's http(s) reader needs it")
+    import time
+
+    monkeypatch.setenv("MIXPRETRAIN_HTTP_STALL_S", "1")
+    stalled = stalling_root + "ct/train-000001.tar"
+    start = time.monotonic()
+    stream = DomainStream(stalling_root, "ct", split="train", resampled=False, crop_size=8, shuffle_buffer=0)
+    keys = Counter(s["key"] for s in stream)
+    assert time.monotonic() - start < 20
+    assert _keys_of(datasets[4], 0) | _keys_of(datasets[4], 2) | _keys_of(datasets[4], 3) <= set(keys)
+    assert all(n == 1 for n in keys.values()) and stream.stats["bad_shards"] == 1, stream.errors
+    assert f"skipped shard {stalled}: OSError: {stalled}: no data for 1 s (server or network stalled)" in stream.errors[0]
+    # resampled: the stalled shard is redrawn and skipped again, the stream goes on
+    resampled = DomainStream(stalling_root, "ct", crop_size=8, shuffle_buffer=0, seed=1)
+    assert len(list(itertools.islice(iter(resampled), 15))) == 15
+    # strict: raises, naming the URL
+    with pytest.raises(ShardError, match=rf"bad shard {stalled}: OSError: .*no data for 1 s"):
+        list(DomainStream(stalling_root, "ct", split="train", resampled=False, crop_size=8, strict=True))

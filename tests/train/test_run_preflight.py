@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +65,67 @@ def test_attempt_without_checkpoint_does_not_block_a_corrected_config(phantom_sh
         plan = preflight(cfg, 1)
     assert plan.resume is None and plan.run_id == "abcd1234"
     assert "before its first checkpoint" in caplog.text and "train.lr" in caplog.text
+
+
+# ----------------------------------------------------------------------------- shards over http
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def shards_url(phantom_shards: Path) -> Iterator[str]:
+    """The phantom shards served over http on a loopback port (as data.shards may be an http(s) URL)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(phantom_shards)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_http_shards_pass_preflight_and_give_the_same_val_crops(phantom_shards: Path, shards_url: str,
+                                                                tmp_path: Path) -> None:
+    """data.shards = http(s)://... (docs/multinode.md, MIXPRETRAIN_SHARDS): the index is fetched, no
+    shard file is looked for on disk, and the validation crops equal those read from the folder."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed: webdataset's http(s) reader needs it")
+    from mixpretrain.train.evaluator import load_val_crops
+
+    for url in (shards_url, shards_url + "/", shards_url + "/index.json"):
+        plan = preflight(load_config(tiny_config(tmp_path / "run.yaml", url, tmp_path / "run")), 1)  # type: ignore[arg-type]
+        assert plan.domains == ("ct", "mri", "pet")
+    cfg = load_config(tiny_config(tmp_path / "run.yaml", shards_url + "/", tmp_path / "run"))  # type: ignore[arg-type]
+    local = load_config(tiny_config(tmp_path / "local.yaml", phantom_shards, tmp_path / "run"))
+    over_http, on_disk = load_val_crops(cfg, plan.domains), load_val_crops(local, plan.domains)
+    assert over_http.keys() == on_disk.keys() and all(over_http[d].equal(on_disk[d]) for d in on_disk)
+    with pytest.raises(ConfigError, match=rf"config key 'data.shards': {shards_url}/nope/index.json: .*HTTP 404"):
+        preflight(load_config(tiny_config(tmp_path / "bad.yaml", shards_url + "/nope", tmp_path / "run")), 1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"'data.domains': \['xx'\] not in {shards_url}/index.json"):
+        preflight(load_config(tiny_config(tmp_path / "xx.yaml", shards_url, tmp_path / "run",  # type: ignore[arg-type]
+                                          data={"domains": ["xx"]})), 1)
+
+
+def test_two_step_run_over_http_shards(shards_url: str, tmp_path: Path) -> None:
+    """launch/pretrain.py with data.shards an http URL: trains, evaluates and exports."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed: webdataset's http(s) reader needs it")
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    cfg = tiny_config(tmp_path / "run.yaml", shards_url + "/", out,  # type: ignore[arg-type]
+                      train={"max_steps": 2, "checkpoint_every": 2, "eval_every": 2})
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    res = subprocess.run([sys.executable, str(repo / "launch" / "pretrain.py"), "--config", str(cfg)], env=env,
+                         cwd=repo, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records] == [1, 2] and all(f"val/{d}" in records[-1] for d in ("ct", "mri", "pet"))
+    assert (out / "encoder.pt").is_file()
+    assert "skipped shard" not in res.stderr, res.stderr[-4000:]
