@@ -93,6 +93,11 @@ class MixtureStream(IterableDataset):
         self._shared[k] = float(version)
         return version
 
+    def continue_versions(self, version: int) -> None:
+        """Resume the weight-version counter at ``version`` (a resumed run's last published one), so
+        versions in metrics.jsonl keep increasing across a resume instead of starting again at 1."""
+        self._shared[len(self.domains)] = float(version)
+
     @property
     def weights(self) -> np.ndarray:
         return self._shared[: len(self.domains)].numpy().copy()

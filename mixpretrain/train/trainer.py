@@ -102,6 +102,7 @@ class Trainer:
         self.last_val = dict(client.get("last_val", {}))
         if client.get("log_acc") is not None:
             self.state.log_acc = np.asarray(client["log_acc"], dtype=np.float64)
+        self.mixture.continue_versions(int(client.get("weights_version", 0)))
         self._publish(weights)
         if self.info.is_main:  # evidence that the sampler continues from exactly the saved state
             with open(self.out / "sampler.jsonl", "a") as f:

@@ -93,6 +93,8 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     new = load_config(cfg, ["train.max_steps=8"]).train
     assert [r["lr"] for r in recs[6:]] == pytest.approx([new.lr * lr_multiplier(new)(i) for i in (6, 7)])
     assert recs[6]["lr"] == pytest.approx(new.lr)
+    versions = [r["weights_version"] for r in recs]  # continue across the resume (they restarted at 1)
+    assert versions == sorted(versions) and versions[6] > versions[5]
 
     # The same command once more: nothing to train, said at once (no engine, no process group).
     res = _run(_python(cfg, "train.max_steps=8"))
