@@ -32,9 +32,12 @@ DEMO_DOMAINS = ("ct", "mri", "pet")
 
 
 def ensure_shards(cfg: RunConfig, cases: int, size: int) -> None:
-    from mixpretrain.data.shards import load_index
+    from mixpretrain.data.shards import is_url, load_index
     from mixpretrain.data.synth import write_phantom_shards
 
+    if is_url(cfg.data.shards):  # remote shards are read as they are: nothing to synthesise there
+        log.info("data.shards is a URL (%s): using its shards, synthesising none", cfg.data.shards)
+        return
     shards = Path(cfg.data.shards)
     have: set[str] = set()
     if (shards / "index.json").is_file():
