@@ -105,13 +105,19 @@ check_hostfile() { # a missing hostfile makes deepspeed fall back to this node a
     ((n > 0)) || die "hostfile '$file' lists no hosts"
 }
 
+# The deepspeed launcher rewrites CUDA_VISIBLE_DEVICES to indices: GPU UUIDs cannot be kept. Run in
+# the main shell (not inside $(...), where die would only end the subshell).
+require_index_cvd() {
+    local cvd="${CUDA_VISIBLE_DEVICES:-}"
+    [[ -z "$cvd" || "$cvd" =~ ^[0-9]+(,[0-9]+)*$ ]] ||
+        die "CUDA_VISIBLE_DEVICES='$cvd' is not a list of indices; the deepspeed launcher cannot keep it, use MIXPRETRAIN_LAUNCHER=torchrun"
+}
+
 # Visible GPU ids on this node; the DeepSpeed launcher rewrites CUDA_VISIBLE_DEVICES to ids taken
 # from the hostfile, so keep them in the generated one (SLURM may hand out 4,5,6,7).
 local_gpu_ids() {
     local cvd="${CUDA_VISIBLE_DEVICES:-}"
     if [[ -n "$cvd" ]]; then
-        [[ "$cvd" =~ ^[0-9]+(,[0-9]+)*$ ]] ||
-            die "CUDA_VISIBLE_DEVICES='$cvd' is not a list of indices; the deepspeed launcher cannot keep it, use MIXPRETRAIN_LAUNCHER=torchrun"
         echo "$cvd"
     elif [[ -n "$NPROC_PER_NODE" ]]; then
         seq -s, 0 $((NPROC_PER_NODE - 1))
@@ -122,10 +128,28 @@ local_gpu_ids() {
     fi
 }
 
+# DeepSpeed's ssh/pdsh runner passes on to the ranks only NCCL_*, PYTHON*, MLFLOW*, MV2*, UCX*
+# variables, plus those of a .deepspeed_env file: the rest (WANDB_MODE, a W&B key, the NCCL error
+# handling set above, DS_ACCELERATOR, ...) would never reach a rank, not even the local ones.
+forward_env_to_ssh_ranks() {
+    [[ -z "${DS_ENV_FILE:-}" ]] || return 0 # the user's own list
+    local f v
+    f="$(mktemp "${TMPDIR:-/tmp}/mixpretrain-dsenv.XXXXXX")" # mode 600: it may hold a W&B key
+    for v in "$HOME/.deepspeed_env" ./.deepspeed_env; do      # what deepspeed would have read
+        [[ -f "$v" ]] && cat "$v" >>"$f"
+    done
+    for v in WANDB_MODE WANDB_API_KEY WANDB_PROJECT WANDB_ENTITY TORCH_NCCL_ASYNC_ERROR_HANDLING \
+        DEEPSPEED_TIMEOUT DS_ACCELERATOR OMP_NUM_THREADS MIXPRETRAIN_HTTP_STALL_S; do
+        [[ -n "${!v:-}" ]] && printf '%s=%s\n' "$v" "${!v}" >>"$f"
+    done
+    export DS_ENV_FILE="$f" # absolute: deepspeed joins it to ~ and . and finds it either way
+}
+
 # --- launcher command -----------------------------------------------------------------------
 CMD=()
 case "$LAUNCHER" in
 deepspeed)
+    require_index_cvd
     DS=(deepspeed --master_port "$MASTER_PORT")
     [[ -n "${MIXPRETRAIN_DS_LAUNCHER:-}" ]] && DS+=(--launcher "$MIXPRETRAIN_DS_LAUNCHER")
     if ((NNODES > 1)); then
@@ -149,8 +173,14 @@ deepspeed)
         DS+=(--hostfile "$hostfile" --no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
     elif [[ -n "${HOSTFILE:-}" ]]; then
         check_hostfile "$HOSTFILE"
+        forward_env_to_ssh_ranks
         DS+=(--hostfile "$HOSTFILE")
         [[ -n "$MASTER_ADDR" ]] && DS+=(--master_addr "$MASTER_ADDR")
+    elif [[ -n "$NPROC_PER_NODE" && -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        # --num_gpus N would make deepspeed use GPUs 0..N-1 whatever SLURM assigned (4,5 on a
+        # shared node): name the first N visible ones instead.
+        ids="$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | head -n "$NPROC_PER_NODE" | paste -sd, -)"
+        DS+=(--include "localhost:$ids")
     elif [[ -n "$NPROC_PER_NODE" ]]; then
         DS+=(--num_gpus "$NPROC_PER_NODE")
     fi
@@ -158,8 +188,8 @@ deepspeed)
     ;;
 torchrun)
     [[ -z "${HOSTFILE:-}" ]] || die "HOSTFILE is for the deepspeed launcher; torchrun needs NNODES/NODE_RANK/MASTER_ADDR on every node"
-    if [[ -z "$NPROC_PER_NODE" ]]; then
-        NPROC_PER_NODE=$(tr ',' '\n' <<<"$(local_gpu_ids)" | wc -l)
+    if [[ -z "$NPROC_PER_NODE" ]]; then  # one process per visible GPU (indices or UUIDs alike)
+        NPROC_PER_NODE=$(tr ',' '\n' <<<"$(local_gpu_ids)" | grep -c .)
     fi
     TR=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE"
         --master_port "$MASTER_PORT")
@@ -183,6 +213,7 @@ esac
 log "node $NODE_RANK of $NNODES, master ${MASTER_ADDR:-local}:$MASTER_PORT, WANDB_MODE=$WANDB_MODE, NCCL_DEBUG=$NCCL_DEBUG"
 if [[ "${MIXPRETRAIN_DRY_RUN:-0}" == "1" ]]; then
     [[ -n "${hostfile:-}" ]] && sed "s/^/hostfile: /" "$hostfile" >&2
+    [[ -n "${DS_ENV_FILE:-}" ]] && cut -d= -f1 "$DS_ENV_FILE" | sed "s/^/ds_env: /" >&2 # names only
     printf '%q ' "${CMD[@]}"
     echo
     exit 0

@@ -69,14 +69,22 @@ def deepspeed_config(cfg: RunConfig, precision: str) -> dict[str, Any]:
         "gradient_clipping": cfg.train.grad_clip,
         "bf16.enabled": precision == "bf16",
         "fp16.enabled": precision == "fp16",
+        "zero_optimization.stage": cfg.train.zero_stage,
     }
     ds = _fill(template, values)
-    ds.setdefault("zero_optimization", {})["stage"] = cfg.train.zero_stage
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.setdefault("stage", cfg.train.zero_stage) != cfg.train.zero_stage:
+        # It was overwritten by train.zero_stage without a word: a ZeRO-3 template ran as ZeRO 0.
+        raise ConfigError(f"DeepSpeed template {path}: zero_optimization.stage {zero['stage']} conflicts with "
+                          f"train.zero_stage {cfg.train.zero_stage}: set train.zero_stage={zero['stage']} "
+                          "(or \"stage\": \"auto\" in the template)")
     # A template that hard-codes a different batch would silently change the run: refuse.
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         if ds.get(key, values[key]) != values[key]:
             raise ConfigError(f"DeepSpeed template {path}: '{key}'={ds[key]} conflicts with the run config ({values[key]})")
-    ds.pop("train_batch_size", None)  # derived by DeepSpeed from micro x accum x world
+    if ds.pop("train_batch_size", "auto") != "auto":  # derived by DeepSpeed from micro x accum x world
+        log.warning("DeepSpeed template %s: train_batch_size is ignored; it follows train.micro_batch_size x "
+                    "train.grad_accum_steps x ranks", path)
     return ds
 
 

@@ -129,6 +129,12 @@ def test_hostfile_example_is_valid_and_used(script: Path, tmp_path: Path) -> Non
     cmd = dry_run(["--config", "c.yaml"], {"HOSTFILE": str(example), "MASTER_ADDR": "10.0.0.1"}, script, tmp_path)
     assert opt(cmd, "--hostfile") == str(example) and opt(cmd, "--master_addr") == "10.0.0.1"
     assert "--no_ssh" not in cmd  # hostfile mode: deepspeed reaches the hosts itself (pdsh)
+    # pdsh passes on only NCCL_*/PYTHON*/...: the rest goes through a DS_ENV_FILE the entrypoint writes
+    env = {"HOSTFILE": str(example), "MIXPRETRAIN_DRY_RUN": "1", "WANDB_API_KEY": "k" * 40, "DS_ACCELERATOR": "cpu"}
+    proc = run_entrypoint(["--config", "c.yaml"], env, script, tmp_path)
+    forwarded = {line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("ds_env: ")}
+    assert {"WANDB_MODE", "WANDB_API_KEY", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "DS_ACCELERATOR"} <= forwarded
+    assert "k" * 40 not in proc.stderr
 
 
 def test_launcher_per_node(script: Path, tmp_path: Path) -> None:
@@ -148,6 +154,22 @@ def test_per_node_keeps_the_visible_gpus(script: Path, tmp_path: Path) -> None:
     assert "slots=6" in Path(opt(cmd, "--hostfile")).read_text()
     proc = run_entrypoint([], {**env, "CUDA_VISIBLE_DEVICES": "GPU-8d2e"}, script, tmp_path)
     assert proc.returncode == 2 and "torchrun" in proc.stderr
+
+
+def test_one_node_keeps_the_visible_gpus(script: Path, tmp_path: Path) -> None:
+    """SLURM exports NPROC_PER_NODE; with --num_gpus 2 deepspeed would take GPUs 0,1 whatever was
+    assigned (4,5 on a shared node)."""
+    cmd = dry_run([], {"NPROC_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "4,5,6"}, script, tmp_path)
+    assert opt(cmd, "--include") == "localhost:4,5" and "--num_gpus" not in cmd
+
+
+def test_torchrun_counts_gpus_given_by_uuid(script: Path, tmp_path: Path) -> None:
+    """UUIDs are fine for torchrun (one process per visible GPU); the deepspeed-only index check
+    used to fire inside a subshell, print an error and go on with 1 process."""
+    env = {"MIXPRETRAIN_LAUNCHER": "torchrun", "CUDA_VISIBLE_DEVICES": "GPU-8d2e,GPU-77aa"}
+    proc = run_entrypoint([], {"MIXPRETRAIN_DRY_RUN": "1", **env}, script, tmp_path)
+    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr
+    assert opt(shlex.split(proc.stdout), "--nproc_per_node") == "2"
 
 
 @pytest.mark.parametrize(

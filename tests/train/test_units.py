@@ -99,3 +99,16 @@ def test_metrics_past_the_checkpoint_are_moved_aside(tmp_path: Path) -> None:
     assert truncate_after(path, 5) == 3
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert len((tmp_path / "metrics.discarded.jsonl").read_text().splitlines()) == 3
+
+
+def test_deepspeed_template_stage_must_agree_with_the_config(tmp_path: Path) -> None:
+    """A ZeRO-3 template named by train.deepspeed_config used to run as ZeRO 0 (stage overwritten)."""
+    tpl = tmp_path / "ds.json"
+    tpl.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ConfigError, match=r"stage 3 conflicts with train.zero_stage 0: set train.zero_stage=3"):
+        deepspeed_config(load_config(None, [f"train.deepspeed_config={tpl}"]), "fp32")
+    assert deepspeed_config(load_config(None, [f"train.deepspeed_config={tpl}", "train.zero_stage=3"]),
+                            "fp32")["zero_optimization"]["stage"] == 3
+    tpl.write_text(json.dumps({"zero_optimization": {"stage": "auto"}}))
+    assert deepspeed_config(load_config(None, [f"train.deepspeed_config={tpl}", "train.zero_stage=2"]),
+                            "fp32")["zero_optimization"]["stage"] == 2
