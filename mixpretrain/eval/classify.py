@@ -1,9 +1,12 @@
 """Classification on a pretrained encoder: linear probe and fine-tuning on pooled token features.
 
 Input: a CSV with columns ``image`` (path, relative to the CSV's folder or absolute), ``label``
-(integer class) and optionally ``split`` (``train`` / ``val``; without it a deterministic 25%
-of rows, by hash of the image path, are held out). Metrics on the held-out split: accuracy and
-ROC AUC (binary, or macro one-vs-rest for more classes; MONAI's ``compute_roc_auc``).
+(integer class 0..K-1; ``1.0`` reads as 1, ``1.5`` is an error) and optionally ``split`` (``train``
+/ ``val``, ``validation`` being read as ``val``; without it a deterministic 25% of rows, by hash of the
+image path, are held out). No image may be in both splits, and every class of the val split must
+be in the train split. Metrics on the held-out split: accuracy and ROC AUC (binary, or macro
+one-vs-rest for more classes; MONAI's ``compute_roc_auc``); both NaN, with a warning, when a class
+probability is not finite (a diverged fine-tune), never a made-up number.
 
 - ``probe``: the encoder is frozen; the mean of its tokens is standardised and a logistic
   regression (one linear layer) is trained full-batch on the train split.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +48,27 @@ class ClassifyConfig:
     scratch: bool = False  # same architecture, random init (baseline)
 
 
+SPLITS = {"train": "train", "val": "val", "validation": "val"}  # the split column's values (lower case)
+
+
+def _parse_label(raw: str, path: Path, line: int) -> int:
+    """An integer class >= 0 (``1`` or ``1.0``); ``1.5``, ``-1``, ``nan``, ``x`` are errors naming the line."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise ValueError(f"{path} line {line}: label {raw!r} is not an integer class (0, 1, ..., K-1)")
+    return int(value)
+
+
 def read_classification_csv(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train items, val items), each ``{"image": abs path, "label": int}``; errors name the row."""
+    """(train items, val items), each ``{"image": abs path, "label": int}``; errors name the row.
+
+    Refused: a label that is not a whole number >= 0, a split other than train / val (``test`` rows
+    included: classify holds out the val rows only), an image in both splits, fewer than 2 train rows."""
+    from .splits import check_disjoint
+
     path = Path(path)
     if path.is_dir():
         hint = ""
@@ -71,29 +94,38 @@ def read_classification_csv(path: str | Path) -> tuple[list[dict], list[dict]]:
         raw = (row.get("label") or "").strip()
         if not raw:
             raise ValueError(f"{path} line {line}: missing label for image {row.get('image')!r}")
-        try:
-            label = int(float(raw))
-        except ValueError as exc:
-            raise ValueError(f"{path} line {line}: label {raw!r} is not an integer class") from exc
+        label = _parse_label(raw, path, line)
         image = Path(row["image"].strip())
         item = {"image": str(image if image.is_absolute() else path.parent / image), "label": label}
         split = (row.get("split") or "").strip().lower()
-        if split not in ("", "train", "val", "validation", "test"):
-            raise ValueError(f"{path} line {line}: split {split!r} is not train or val")
+        if split and split not in SPLITS:
+            hint = " (a test split is not read: drop those rows, or mark them val)" if split == "test" else ""
+            raise ValueError(f"{path} line {line}: split {split!r} is not train or val{hint}")
         if not split:  # deterministic hold-out by hash of the path
             split = "val" if int(hashlib.sha256(row["image"].encode()).hexdigest(), 16) % 4 == 0 else "train"
-        (train if split == "train" else val).append(item)
+        (train if SPLITS[split] == "train" else val).append(item)
     if not train or not val:
         raise ValueError(f"{path}: need rows in both train and val splits, got {len(train)} train, {len(val)} val")
+    if len(train) < 2:
+        raise ValueError(f"{path}: need at least 2 train rows (the probe standardises features over them), got 1")
+    check_disjoint(train, val, path)
     return train, val
 
 
 def classification_metrics(probs: Any, labels: Any, n_classes: int) -> dict[str, float]:
-    """Accuracy and ROC AUC (NaN, with a warning, when the val split lacks a class)."""
+    """Accuracy and ROC AUC. NaN, with a warning, when the val split lacks a class (AUC) or when a
+    class probability is not finite (both: argmax and ranking of NaN would give made-up numbers);
+    then ``note`` says why."""
     import torch
     from monai.metrics import compute_roc_auc
 
     probs, labels = torch.as_tensor(probs).float(), torch.as_tensor(labels).long()
+    finite = torch.isfinite(probs).all(1) if probs.ndim == 2 else torch.isfinite(probs)
+    if not bool(finite.all()):
+        note = (f"{int((~finite).sum())} of {len(finite)} val rows have non-finite class probabilities "
+                "(NaN/inf features or a diverged fine-tune): accuracy and AUC undefined")
+        log.warning("classification: %s", note)
+        return {"accuracy": float("nan"), "auc": float("nan"), "note": note}
     acc = float((probs.argmax(1) == labels).float().mean())
     if len(torch.unique(labels)) < 2:
         log.warning("val split has one class only: AUC undefined")
@@ -127,7 +159,9 @@ def linear_probe(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, 
 
     f_train = _features(encoder, data["x_train"], device, cfg.batch_size)
     f_val = _features(encoder, data["x_val"], device, cfg.batch_size)
-    mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+    mean = f_train.mean(0)
+    # One training row has no (unbiased) std: its NaN would make every probability NaN; centre only.
+    std = (f_train.std(0) if len(f_train) > 1 else torch.ones_like(mean)).clamp_min(1e-6)
     f_train, f_val = (f_train - mean) / std, (f_val - mean) / std
     torch.manual_seed(cfg.seed)
     head = torch.nn.Linear(f_train.shape[1], n_classes)
@@ -186,7 +220,10 @@ def finetune(encoder: Any, data: dict, n_classes: int, cfg: ClassifyConfig, devi
 
 def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: ClassifyConfig | None = None) -> dict:
     """Load the encoder and the CSV, run the requested mode(s); returns metrics per mode."""
+    import torch
+
     from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
+    from .splits import check_train_has_classes
 
     cfg = cfg or ClassifyConfig()
     modes = MODES if cfg.mode == "both" else (cfg.mode,)
@@ -201,6 +238,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     labels = sorted({it["label"] for it in train + val})
     if labels != list(range(len(labels))) or len(labels) < 2:
         raise ValueError(f"{csv_path}: labels must be 0..K-1 with K >= 2, found {labels}")
+    check_train_has_classes({it["label"] for it in train}, {it["label"] for it in val}, csv_path)
     probe_enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=cfg.scratch)
     img_size = list(probe_enc.img_size)
     t0 = time.perf_counter()
@@ -214,8 +252,12 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     }
     for mode in modes:
         t0 = time.perf_counter()
-        # Fine-tuning changes the weights: each mode gets a fresh copy of the encoder.
-        enc = probe_enc if mode == "probe" else load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, cfg.scratch)
+        if mode == "probe":
+            enc = probe_enc
+        else:  # fine-tuning changes the weights: a fresh copy of the encoder, built right after seeding
+            # so that a --scratch init does not depend on whether the probe ran first (--mode both / finetune)
+            torch.manual_seed(cfg.seed)
+            enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, cfg.scratch)
         fn = linear_probe if mode == "probe" else finetune
         result[mode] = {**fn(enc.to(device), data, len(labels), cfg, device), "seconds": round(time.perf_counter() - t0, 2)}
         log.info("classification %s: %s", mode, result[mode])

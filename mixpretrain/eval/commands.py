@@ -145,7 +145,18 @@ def _emit(result: dict, args: argparse.Namespace, lines: list[str]) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    print(text if args.json else "\n".join(lines))
+    print(text if args.json else "\n".join(lines + [f"note: {n}" for n in _notes(result)]))
+
+
+def _notes(obj: Any, where: str = "") -> list[str]:
+    """Every ``note`` / ``notes`` in a (nested) result, e.g. an undefined Dice or AUC, so the plain
+    output says why a metric is NaN (they were only in --json)."""
+    if not isinstance(obj, dict):
+        return []
+    out = [f"{where}{n}" for n in ([obj["note"]] if obj.get("note") else []) + list(obj.get("notes") or [])]
+    for key, value in obj.items():
+        out += _notes(value, f"{where}{key}: ")
+    return out
 
 
 def _fmt(v: float) -> str:

@@ -132,16 +132,41 @@ def _intensity_transform(keys: list[str], mode: str) -> list:
     return []
 
 
+def _values(t: torch.Tensor, limit: int = 5) -> str:
+    vals = list(dict.fromkeys(f"{float(v):g}" for v in torch.unique(t)))  # NaNs are unique to torch, not here
+    return ", ".join(vals[:limit]) + (f", ... ({len(vals)} distinct)" if len(vals) > limit else "")
+
+
+def check_label_values(label: Any, path: str | Path, n_classes: int) -> None:
+    """A label volume, as read (before any resize: a bad voxel could vanish in a nearest-neighbour
+    downsample), must hold whole class numbers 0..n_classes-1 only. Non-integer values (2.6, NaN)
+    are refused, never rounded; the error names the file, the bad values and the allowed range."""
+    t = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
+    t = t.detach().reshape(-1)
+    allowed = f"class numbers 0..{n_classes - 1} (dataset.json 'labels' has {n_classes} classes)"
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t) | (t != t.round())
+        if bool(bad.any()):
+            raise ValueError(f"label {path}: {int(bad.sum())} voxel(s) hold non-integer value(s) {_values(t[bad])}; "
+                             f"labels must be whole {allowed}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        bad = (t < 0) | (t >= n_classes)
+        raise ValueError(f"label {path}: {int(bad.sum())} voxel(s) hold value(s) {_values(t[bad])} outside the allowed "
+                         f"{allowed}")
+
+
 def load_volumes(
     items: list[dict[str, str]],
     img_size: Sequence[int],
     intensity: str = "none",
     with_label: bool = False,
+    n_classes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Read every item ``{"image": path[, "label": path]}`` with MONAI; returns tensors (C, D, H, W).
 
     Image and label must have the same spatial shape on disk: a mismatch is an error naming both
-    files, never a silent resample of the label.
+    files, never a silent resample of the label. With ``n_classes``, every label voxel must hold a
+    whole class number 0..n_classes-1 as read, before the resize (``check_label_values``).
     """
     from monai import transforms as mt
 
@@ -170,6 +195,8 @@ def load_volumes(
             ishape, lshape = tuple(data["image"].shape[1:]), tuple(data["label"].shape[1:])
             if ishape != lshape:
                 raise ValueError(f"image {item['image']} has shape {ishape} but its label {item['label']} has shape {lshape}")
+            if n_classes is not None:
+                check_label_values(data["label"], item["label"], n_classes)
         data = post(data)
         data["image"] = data["image"].float()
         if with_label:

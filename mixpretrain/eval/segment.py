@@ -3,11 +3,13 @@
 Input: a dataset in the Medical Segmentation Decathlon layout: ``dataset.json`` with ``labels``
 ({"0": "background", "1": ...}) and ``training`` ([{"image": "./imagesTr/x.nii.gz", "label":
 "./labelsTr/x.nii.gz"}, ...]); held-out cases from ``validation`` when present, else a
-deterministic 25% of ``training``. Metric: Dice per foreground class on the held-out cases
-(MONAI ``DiceMetric``), plus their mean. A class's Dice is the mean over the held-out cases whose
-truth contains it (e.g. the lesion over lesion cases only); how many cases that is, and in how many
-cases without the class it was predicted anyway (false positives, which Dice does not see), are
-reported next to it.
+deterministic 25% of ``training``; no case may be in both, and every class of the held-out cases
+must be in some training case. Label voxels must hold whole class numbers 0..K-1 as read (checked
+before the resize). Metric: Dice per foreground class on the held-out cases (MONAI ``DiceMetric``),
+plus their mean. A class's Dice is the mean over the held-out cases whose truth contains it (e.g. the
+lesion over lesion cases only); how many cases that is, and in how many cases without the class it
+was predicted anyway (false positives, which Dice does not see), are reported next to it. A class
+that no held-out case has gets Dice NaN (undefined), is left out of the mean and named in ``notes``.
 
 The decoder is UNETR's (Hatamizadeh et al., 2022), built from MONAI's blocks on top of OUR
 encoder's token features (``MAEEncoder.forward_intermediates``): for a patch size of ``2**k``,
@@ -95,11 +97,16 @@ def read_decathlon(root: str | Path) -> tuple[list[dict], list[dict], dict[int, 
             out.append({k: str((root / entry[k]).resolve()) for k in ("image", "label")})
         return out
 
+    from .splits import check_disjoint
+
     train, val = items("training"), items("validation")
+    held_out = "validation"
     if not val:  # deterministic hold-out: every 4th case
         train, val = [t for i, t in enumerate(train) if i % 4], train[::4]
+        held_out = "held-out (every 4th training case)"
     if not train or not val:
         raise ValueError(f"{path}: need at least 2 labelled cases (train and val), got {len(train) + len(val)}")
+    check_disjoint(train, val, path, held_out)
     return train, val, classes
 
 
@@ -181,7 +188,10 @@ def _train(model: Any, x: Any, y: Any, cfg: SegmentConfig, device: Any) -> list[
 def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, device: Any) -> dict[str, list]:
     """Per foreground class 1..K-1: ``dice`` (mean over the cases whose truth has the class; NaN if
     none has it), ``cases`` (how many cases that is) and ``false_positive_cases`` (cases without the
-    class in which it was predicted: MONAI's ``ignore_empty`` leaves them out of Dice)."""
+    class in which it was predicted: MONAI's ``ignore_empty`` leaves them out of Dice).
+
+    The NaN is set here from the truth counts: MONAI's ``mean_batch`` reduction returns 0.0 for a
+    class whose every case was ignored, which would pull the mean over classes down."""
     import torch
     from monai.metrics import DiceMetric
 
@@ -198,8 +208,8 @@ def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, 
             has_t, has_p = t[:, 1:].flatten(2).any(2), p[:, 1:].flatten(2).any(2)  # (batch, K-1)
             present += has_t.sum(0)
             false_pos += (has_p & ~has_t).sum(0)
-    return {"dice": [float(v) for v in metric.aggregate()], "cases": present.tolist(),
-            "false_positive_cases": false_pos.tolist()}
+    dice = [float(v) if n > 0 else float("nan") for v, n in zip(metric.aggregate(), present.tolist(), strict=True)]
+    return {"dice": dice, "cases": present.tolist(), "false_positive_cases": false_pos.tolist()}
 
 
 def _fit_and_score(encoder_path: str | Path, data: dict, classes: dict[int, str], cfg: SegmentConfig,
@@ -240,6 +250,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     import torch
 
     from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
+    from .splits import check_train_has_classes
 
     cfg = cfg or SegmentConfig()
     check_steps("steps", cfg.steps)
@@ -249,19 +260,26 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     train, val, classes = read_decathlon(data_dir)
     img_size = list(load_pretrained(encoder_path, cfg.patch_size, cfg.img_size).img_size)
     t0 = time.perf_counter()
-    vols = {name: load_volumes(items, img_size, cfg.intensity, with_label=True) for name, items in (("train", train), ("val", val))}
+    # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
+    vols = {name: load_volumes(items, img_size, cfg.intensity, with_label=True, n_classes=len(classes))
+            for name, items in (("train", train), ("val", val))}
     data = {}
     for name, v in vols.items():
         data[f"x_{name}"] = torch.stack([d["image"] for d in v])
         data[f"y_{name}"] = torch.stack([d["label"] for d in v])
-        top = int(data[f"y_{name}"].max())
-        if top >= len(classes):
-            raise ValueError(f"{data_dir}: a {name} label holds class {top}, but dataset.json 'labels' has {len(classes)} classes")
+    present = {name: set(torch.unique(data[f"y_{name}"]).tolist()) for name in vols}
+    check_train_has_classes(present["train"], present["val"], data_dir, classes, "validation")
+    notes = [f"{classes[c]}: no validation case has it (Dice undefined, left out of mean_dice)"
+             for c in range(1, len(classes)) if c not in present["val"]]
+    for note in notes:
+        log.warning("segmentation: %s", note)
     result: dict[str, Any] = {
         "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "classes": classes,
         "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "loss": f"DiceCELoss({LOSS})",
         "load_s": round(time.perf_counter() - t0, 2),
     }
+    if notes:
+        result["notes"] = notes
     runs = [cfg.scratch] + ([True] if compare_scratch and not cfg.scratch else [])
     for scratch in runs:
         out = _fit_and_score(encoder_path, data, classes, cfg, scratch, device)

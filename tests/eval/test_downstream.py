@@ -205,3 +205,70 @@ def test_cli_synth_tasks_and_errors(tmp_path: Path, encoder: Path, capsys: pytes
     assert "overwrite" in capsys.readouterr().err
     code = cli_main(["eval", "segment", "--encoder", str(encoder), "--data", str(out), "--patch-size", "16"])
     assert code == 2 and "patch size" in capsys.readouterr().err
+
+
+def test_segment_class_in_no_validation_case_is_nan_and_left_out_of_the_mean(tasks: Path, encoder: Path,
+                                                                             tmp_path: Path) -> None:
+    data = _copy(tasks, tmp_path)
+    spec = json.loads((data / "dataset.json").read_text())
+    cases = spec["training"] + spec["validation"]
+    lesion_free = {r["image"] for r in csv.DictReader((tasks / "classification.csv").open()) if r["label"] == "0"}
+    spec["validation"] = [c for c in cases if c["image"].removeprefix("./") in lesion_free][:2]
+    spec["training"] = [c for c in cases if c not in spec["validation"]]
+    (data / "dataset.json").write_text(json.dumps(spec))
+    result = run_segmentation(encoder, data, SegmentConfig(steps=1, batch_size=2, feature_size=8))
+    r = result["pretrained"]
+    assert r["dice_cases"]["lesion"] == 0 and math.isnan(r["dice"]["lesion"])  # was 0.0
+    assert r["mean_dice"] == pytest.approx(np.mean([r["dice"][c] for c in ("liver", "spleen", "kidney")]))
+    assert result["notes"] == ["lesion: no validation case has it (Dice undefined, left out of mean_dice)"]
+
+
+def test_segment_label_values_are_checked_as_read(tasks: Path, encoder: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    data = _copy(tasks, tmp_path)
+    target = data / "labelsTr/case_0001.nii.gz"  # a training case
+    original = nib.load(target)
+    for value, message in ((-1, "value(s) -1 outside the allowed class numbers 0..4"),
+                           (2.6, "non-integer value(s) 2.6; labels must be whole class numbers 0..4")):
+        label = np.asarray(original.dataobj).astype(np.float32)
+        label[0, 0, 0] = value
+        nib.save(nib.Nifti1Image(label, original.affine), str(target))
+        code = cli_main(["eval", "segment", "--encoder", str(encoder), "--data", str(data), "--steps", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"label {target}: 1 voxel(s) hold {message}" in err  # was a RuntimeError / rounded
+
+
+def test_segment_validation_class_missing_from_training_is_an_error(tasks: Path, encoder: Path, tmp_path: Path) -> None:
+    data = _copy(tasks, tmp_path)
+    spec = json.loads((data / "dataset.json").read_text())
+    spec["labels"]["5"] = "cyst"
+    (data / "dataset.json").write_text(json.dumps(spec))
+    target = data / spec["validation"][0]["label"]
+    label = np.asarray(nib.load(target).dataobj).copy()
+    label[0, 0, 0] = 5
+    nib.save(nib.Nifti1Image(label, nib.load(target).affine), str(target))
+    with pytest.raises(ValueError, match=r"class\(es\) 5 \(cyst\) in the validation split but in no training case"):
+        run_segmentation(encoder, data, SegmentConfig(steps=1))
+
+
+def test_classify_scratch_finetune_init_does_not_depend_on_mode(tasks: Path, encoder: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tune encoder is built right after seeding: --mode both and --mode finetune start from
+    the same scratch init (before, the probe's use of the RNG changed it), which is the probe's too."""
+    from mixpretrain.eval import classify
+
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def spy(name: str, fn):  # noqa: ANN202
+        def wrapped(encoder, *args, **kwargs):  # noqa: ANN001, ANN202
+            seen.setdefault(name, []).append(torch.cat([p.detach().flatten().clone() for p in encoder.parameters()]))
+            return fn(encoder, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(classify, "finetune", spy("finetune", classify.finetune))
+    monkeypatch.setattr(classify, "linear_probe", spy("probe", classify.linear_probe))
+    csv_path = tasks / "classification.csv"
+    for mode in ("both", "finetune"):
+        run_classification(encoder, csv_path, ClassifyConfig(mode=mode, scratch=True, probe_steps=1, finetune_steps=1))
+    both, alone = seen["finetune"]
+    assert torch.equal(both, alone) and torch.equal(both, seen["probe"][0])
