@@ -102,6 +102,9 @@ def _dicom_time(value: str) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second + frac
 
 
+CLOCK_SKEW_S = 15 * 60  # series times up to this far before the injection time read as clock skew
+
+
 def suv_factor(ds: Any) -> tuple[float | None, str]:
     """Body-weight SUV factor from a PET DICOM header: (factor, "") or (None, why not).
 
@@ -132,7 +135,15 @@ def suv_factor(ds: Any) -> tuple[float | None, str]:
         scan = getattr(ds, "SeriesTime", None) or getattr(ds, "AcquisitionTime", None)
         if not start or not scan:
             return None, "no RadiopharmaceuticalStartTime / SeriesTime"
-        delay = (_dicom_time(scan) - _dicom_time(start)) % 86400  # scans past midnight
+        delay = _dicom_time(scan) - _dicom_time(start)
+        if delay < -12 * 3600:  # the scan ran past midnight
+            delay += 86400
+        elif delay < -CLOCK_SKEW_S:  # a series hours before its injection: the header is wrong
+            return None, f"SeriesTime {scan} is {-delay:.0f} s before RadiopharmaceuticalStartTime {start}"
+        # A series a few minutes "before" injection is a dynamic scan started at injection on a
+        # scanner whose clock differs from the injector's: no decay (a modulo once read it as a
+        # 24 h delay, decaying the dose to nothing: SUV x 8800, clipped at 50 everywhere).
+        delay = max(delay, 0.0)
     decayed = dose * math.exp(-math.log(2) * delay / half_life)
     return weight * 1000.0 / decayed, ""
 

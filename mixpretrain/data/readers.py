@@ -330,6 +330,15 @@ def _fix_slice_geometry(vol: Volume, positions: np.ndarray, meta: dict, files: l
     return Volume(np.ascontiguousarray(array, dtype=np.float32), affine, (vol.spacing[0], vol.spacing[1], dz), meta)
 
 
+def _dicom_stored_type(reader: Any) -> str | None:
+    """The first file's stored pixel type in SimpleITK's words ("16-bit signed integer") from
+    BitsAllocated (0028,0100) and PixelRepresentation (0028,0103); None if either is missing."""
+    if not (reader.HasMetaDataKey(0, "0028|0100") and reader.HasMetaDataKey(0, "0028|0103")):
+        return None
+    bits, rep = reader.GetMetaData(0, "0028|0100").strip(), reader.GetMetaData(0, "0028|0103").strip()
+    return f"{bits}-bit {'signed' if rep == '1' else 'unsigned'} integer" if bits.isdigit() else None
+
+
 def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
     import SimpleITK as sitk
 
@@ -340,6 +349,10 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
         raise ReadError(f"{src}: 2-D image (DICOM series of 1 slice); ingest needs 3-D volumes")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    # Without it the whole series gets the pixel type the first file's rescale slope implies: an
+    # integer type when that slope is whole (1.0 on an empty end slice of a PET series), which then
+    # truncates or wraps every later slice's fractional-slope values (SUV wrong, no error).
+    reader.SetOutputPixelType(sitk.sitkFloat32)
     reader.MetaDataDictionaryArrayUpdateOn()
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # tilt/uneven-gap warnings: handled below
     try:
@@ -350,6 +363,9 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
         sitk.ProcessObject_SetGlobalWarningDisplay(True)
     meta = {"format": "dicom", "reader": "SimpleITK", "files": len(files), "path": str(src)}
     meta["dicom_modality"] = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
+    stored = _dicom_stored_type(reader)  # the series is read as float32 (above); record what the files hold
+    if stored:
+        meta["source_dtype"] = stored
     vol = _sitk_to_volume(img, src, frames, meta)
     positions = _slice_positions(reader, len(files))
     if positions is not None and len(positions) == vol.array.shape[2]:

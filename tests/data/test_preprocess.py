@@ -155,3 +155,37 @@ def test_pet_dicom_series_with_dose_headers_is_converted_to_suv(tmp_path, real_d
     decayed = 370e6 * math.exp(-math.log(2) * 3600 / 6586.2)
     assert info["method"] == "suv_bw" and info["suv_factor"] == pytest.approx(70_000 / decayed)
     assert out.min() >= 0 and out.max() <= 50.0
+
+
+def test_suv_delay_clock_skew_midnight_and_wrong_headers():
+    """A series a minute "before" injection is clock skew (no decay; a modulo once made it a 24 h
+    delay: SUV x 8800); past midnight wraps; hours before injection is refused with the reason."""
+    skew, why = suv_factor(_pet_header(SeriesTime="091400"))
+    assert why == "" and skew == pytest.approx(70_000 / 370e6)
+    info = Dataset()
+    info.RadionuclideTotalDose, info.RadionuclideHalfLife, info.RadiopharmaceuticalStartTime = 370e6, 6586.2, "235000"
+    factor, _ = suv_factor(_pet_header(SeriesTime="000500", RadiopharmaceuticalInformationSequence=[info]))
+    assert factor == pytest.approx(70_000 / (370e6 * math.exp(-math.log(2) * 900 / 6586.2)))
+    factor, why = suv_factor(_pet_header(SeriesTime="051500"))
+    assert factor is None and "14400 s before RadiopharmaceuticalStartTime" in why
+
+
+def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_value(tmp_path, real_data_dir):
+    """PET series carry one RescaleSlope per slice; with a whole first slope SimpleITK read the series
+    as integers and truncated the other slices' fractional values (SUV wrong, no error)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = sorted((real_data_dir / "mri/niivue_VS-SEG-001_T1Gd_dicom").iterdir())[:3]
+    series, uid, expected = tmp_path / "slopes", generate_uid(), []
+    series.mkdir()
+    for i, (path, slope) in enumerate(zip(src, (1.0, 0.37, 2.5), strict=True)):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.RescaleSlope, ds.RescaleIntercept = uid, slope, 0
+        ds.save_as(series / f"{i:02d}.dcm")
+        expected.append(ds.pixel_array.astype(np.float64).ravel() * slope)
+    (source,) = discover([series])
+    vol = read_volume(source)
+    # Orientation-free: the same multiset of voxel values (three evenly spaced slices: no resampling).
+    np.testing.assert_allclose(np.sort(vol.array.ravel()), np.sort(np.concatenate(expected)), rtol=1e-6)
+    assert vol.meta["source_dtype"].endswith("integer")
