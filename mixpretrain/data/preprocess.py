@@ -115,8 +115,8 @@ def suv_factor(ds: Any) -> tuple[float | None, str]:
     units = str(getattr(ds, "Units", "")).upper()
     if units == "GML":
         return 1.0, ""
-    if units and units != "BQML":
-        return None, f"Units {units} (need BQML)"
+    if units != "BQML":  # a missing Units is not evidence of Bq/ml: no SUV from a guess
+        return None, f"Units {units or '(missing)'} (need BQML or GML)"
     weight = float(getattr(ds, "PatientWeight", 0) or 0)
     if weight <= 0:
         return None, "no PatientWeight"

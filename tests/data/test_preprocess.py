@@ -87,6 +87,9 @@ def test_suv_factor_from_headers():
     assert suv_factor(_pet_header(Units="GML")) == (1.0, "")
     assert suv_factor(_pet_header(PatientWeight=0))[1] == "no PatientWeight"
     assert "Units CNTS" in suv_factor(_pet_header(Units="CNTS"))[1]
+    no_units = _pet_header()
+    del no_units.Units
+    assert suv_factor(no_units) == (None, "Units (missing) (need BQML or GML)")
     no_seq = _pet_header()
     del no_seq.RadiopharmaceuticalInformationSequence
     assert suv_factor(no_seq)[0] is None
