@@ -217,3 +217,35 @@ def test_reuse_runs_only_the_new_rows(tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(SystemExit, match="worlds"):
         mod.main(["--simulated", "--worlds", "1", "--reuse", str(tmp_path / "bad.json")])
+
+
+def test_a_continued_run_keeps_its_recent_mixture() -> None:
+    """run_sampler(start=, consumed=, recent=) scores a continued run as the unbroken one; without
+    ``recent`` a forgetting world scored it as if its recent mixture began at the resume."""
+    from mixpretrain.samplers.simulate import make_world, run_sampler
+
+    class Schedule:  # fixed weights per interval, from position i
+        def __init__(self, ws, i=0):
+            self.ws, self.i = ws, i
+
+        def weights(self):
+            self.i += 1
+            return self.ws[min(self.i - 1, len(self.ws) - 1)]
+
+        def observe(self, *args):
+            pass
+
+        def diagnostics(self):
+            return {}
+
+    world = make_world(3, 0, forgetting=True)
+    a = np.array([0.7, 0.1, 0.1, 0.1])
+    ws = [a] * 57 + [world.forget_ref.copy()] * 3
+    per_interval = world.budget / 60
+    recent = None
+    for _ in range(57):
+        recent = world.update_recent(recent, a, per_interval)
+    full = run_sampler(world, "x", {}, sampler=Schedule(ws))
+    cont = run_sampler(world, "x", {}, sampler=Schedule(ws, 57), start=57, consumed=57 * a * per_interval,
+                       recent=recent)
+    assert cont["objective"] == pytest.approx(full["objective"], rel=1e-12)
