@@ -70,6 +70,10 @@ def load_pretrained(
                 "it has no encoder.pt (a pretraining run writes RUN/encoder.pt when it finishes)")
         raise ValueError(f"encoder {path} is a directory, not an encoder export file (save_encoder); {hint}")
     meta = read_encoder_file(path)["meta"]
+    for domain, recipe in (meta.get("preprocessing") or {}).items():  # pretraining's input, per domain
+        log.info("encoder %s was pretrained on domain %s (%s): intensity %s, spacing %s; preprocess task "
+                 "images the same way (--intensity none for images already preprocessed so)", path, domain,
+                 recipe.get("modality"), recipe.get("intensity"), recipe.get("spacing"))
     saved = tuple(int(p) for p in meta["patch_size"])
     if patch_size is not None and to_3tuple(patch_size, "patch_size") != saved:
         raise ValueError(

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class Plan:
     sampler: Any
     resume: tuple[int, Path] | None  # (step, tag dir) of the latest complete checkpoint
     run_id: str
+    # Per domain: its modality and the ingest recipe from index.json (intensity, spacing): written
+    # into the encoder export, so downstream use knows what input the encoder was trained on.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_domains(cfg: RunConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -150,7 +153,9 @@ def preflight(cfg: RunConfig, world_size: int) -> Plan:
         raise ConfigError(f"config key 'model': {exc}") from exc
     if resume is not None and changed:
         _refuse_unloadable(cfg, ckpt.read_meta(resume[1]), domains, model, run_file)
-    return Plan(domains, model, sampler, resume, run_id)
+    preprocessing = {d: {"modality": index[d].get("modality"), **(index[d].get("preprocessing") or {})}
+                     for d in domains}
+    return Plan(domains, model, sampler, resume, run_id, preprocessing)
 
 
 def _refuse_unloadable(cfg: RunConfig, meta: dict[str, Any], domains: tuple[str, ...], model: torch.nn.Module,
@@ -247,7 +252,7 @@ def run(cfg: RunConfig, local_rank: int | None = None) -> dict[str, Any]:
                           info.world_size, cfg.train.micro_batch_size)
     trainer = Trainer(cfg, info, engine, plan.model, precision, mixture, loader,
                       plan.sampler if info.is_main else None, evaluator,
-                      ckpt.Checkpointer(cfg, info.rank, info.world_size), plan.run_id)
+                      ckpt.Checkpointer(cfg, info.rank, info.world_size), plan.run_id, plan.preprocessing)
     if plan.resume is not None:
         trainer.restore(trainer.checkpointer.load(engine, plan.resume[1]))
     else:

@@ -52,10 +52,11 @@ def state_digest(state: Any) -> str:
 class Trainer:
     def __init__(self, cfg: RunConfig, info: dist.DistInfo, engine: Any, model: torch.nn.Module, precision: str,
                  mixture: MixtureStream, loader: Any, sampler: Any, evaluator: Evaluator,
-                 checkpointer: Checkpointer, run_id: str) -> None:
+                 checkpointer: Checkpointer, run_id: str, preprocessing: dict[str, Any] | None = None) -> None:
         self.cfg, self.info, self.engine, self.model = cfg, info, engine, model
         self.mixture, self.loader, self.sampler = mixture, loader, sampler
         self.evaluator, self.checkpointer, self.run_id = evaluator, checkpointer, run_id
+        self.preprocessing = preprocessing or {}
         self.domains = mixture.domains
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         self.meter = DomainMeter(self.domains, info.device)
@@ -242,7 +243,7 @@ class Trainer:
     def export_encoder(self, path: Path) -> None:
         """Write the encoder (weights + metadata) so downstream tasks configure themselves."""
         meta = {"step": self.state.step, "domains": list(self.domains), "run_id": self.run_id,
-                "config_fingerprint": config_fingerprint(self.cfg)}
+                "config_fingerprint": config_fingerprint(self.cfg), "preprocessing": self.preprocessing}
         if self.cfg.train.zero_stage == 3:
             import deepspeed
 

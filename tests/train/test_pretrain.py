@@ -79,6 +79,10 @@ def test_single_process_python_run_then_extend_and_refuse_changes(phantom_shards
     assert sum(recs[-1]["consumed"].values()) == recs[-1]["samples"] == 6 * 4 * 2  # micro 4 x accum 2
     assert all(f"val/{d}" in recs[2] for d in DOMAINS)
     assert (out / "encoder.pt").is_file() and (out / "checkpoints" / "step00000006" / "encoder.pt").is_file()
+    from mixpretrain.models import read_encoder_file
+
+    recipes = read_encoder_file(out / "encoder.pt")["meta"]["preprocessing"]  # what the encoder was trained on
+    assert sorted(recipes) == sorted(DOMAINS) and all(r["modality"] and r["spacing"] for r in recipes.values())
 
     # Same command with a longer horizon: resumes at step 6 and continues to 8, on the new
     # schedule from the first resumed step (WSD over 8 steps: still at the peak at step 7; the
