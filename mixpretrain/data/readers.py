@@ -346,7 +346,8 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
     if not files:
         raise ReadError(f"{src}: DICOM series has no files")
     if len(files) < 2:
-        raise ReadError(f"{src}: 2-D image (DICOM series of 1 slice); ingest needs 3-D volumes")
+        raise ReadError(f"{src}: 2-D image or single-file volume (one DICOM file: a slice, or a multi-frame "
+                        "volume, which ingest does not read); ingest reads DICOM series of 2 or more files")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     # Without it the whole series gets the pixel type the first file's rescale slope implies: an

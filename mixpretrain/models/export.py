@@ -124,5 +124,6 @@ def load_encoder(path: str | os.PathLike, img_size: int | Sequence[int] | None =
         enc.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
         raise ValueError(f"load_encoder: {path} weights do not match its metadata: {exc}") from exc
-    enc.export_meta = dict(meta)
+    # The build keys as loaded (img_size may differ from the file's); the file's own under "saved".
+    enc.export_meta = {**meta, **enc.config(), "saved": {k: meta.get(k) for k in ("img_size", "grid_size", "num_patches")}}
     return enc.to(map_location)

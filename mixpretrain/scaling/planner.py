@@ -39,6 +39,9 @@ def check_unique(unique: dict[str, float] | None, domains: list[str]) -> None:
         why = "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
                         + ([f"unknown {', '.join(unknown)}"] if unknown else []))
         raise ValueError(f"--unique must give every domain ({', '.join(domains)}) and no other: {why}")
+    bad = {d: v for d, v in unique.items() if not (math.isfinite(v) and v >= 0)}
+    if bad or sum(unique.values()) <= 0:  # the proportional mixture divides by the total
+        raise ValueError(f"--unique: counts must be finite, >= 0 and not all 0, got {bad or unique}")
 
 
 def _pilot_mixtures(domains: list[str], unique: dict[str, float], budgets: list[float], n_random: int,

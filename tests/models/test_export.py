@@ -51,6 +51,8 @@ def test_reload_at_other_image_size_recomputes_position_embedding(tmp_path, trai
     path = save_encoder(trained_mae, tmp_path / "enc.pt")
     enc = load_encoder(path, img_size=(16, 32, 40))
     assert enc.grid_size == (2, 4, 5)
+    assert enc.export_meta["img_size"] == [16, 32, 40] and enc.export_meta["num_patches"] == 40
+    assert enc.export_meta["saved"]["img_size"] == [32, 16, 24]  # the file's own
     torch.testing.assert_close(enc.pos_embed[0], sincos_3d((2, 4, 5), 32))
     with torch.no_grad():
         assert enc(torch.randn(1, 1, 16, 32, 40)).shape == (1, 40, 32)

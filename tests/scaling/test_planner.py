@@ -91,3 +91,13 @@ def test_plan_json_records_the_planning_arguments(tmp_path, base):
     saved = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert (saved["n_random"], saved["seed"], saved["world_size"]) == (3, 7, 2) == \
         (plan["n_random"], plan["seed"], plan["world_size"])
+
+
+def test_unique_counts_all_zero_or_negative_are_refused() -> None:
+    from mixpretrain.scaling.planner import check_unique
+
+    with pytest.raises(ValueError, match="not all 0"):
+        check_unique({"ct": 0, "mri": 0}, ["ct", "mri"])
+    with pytest.raises(ValueError, match="'mri': -5"):
+        check_unique({"ct": 10, "mri": -5}, ["ct", "mri"])
+    check_unique({"ct": 10, "mri": 0}, ["ct", "mri"])
