@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import netrc
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -146,12 +148,16 @@ class WandbLogger:
             self.run.finish()
 
 
-def _logged_in(wandb: Any) -> bool:
+def _logged_in(wandb: Any = None) -> bool:
+    """A W&B key is configured: WANDB_API_KEY, or the netrc entry `wandb login` writes for the
+    server. Read here rather than through ``wandb.api.api_key``, which newer wandb deprecates (a
+    warning on every run) and which resolves the same two places."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     try:
-        return bool(wandb.api.api_key)
-    except Exception:  # any failure to read credentials means: not logged in
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):  # no netrc, or one we cannot read: not logged in
         return False
 
 

@@ -112,3 +112,19 @@ def test_deepspeed_template_stage_must_agree_with_the_config(tmp_path: Path) -> 
     tpl.write_text(json.dumps({"zero_optimization": {"stage": "auto"}}))
     assert deepspeed_config(load_config(None, [f"train.deepspeed_config={tpl}", "train.zero_stage=2"]),
                             "fp32")["zero_optimization"]["stage"] == 2
+
+
+def test_wandb_login_is_read_from_the_key_or_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixpretrain.train.loggers import _logged_in
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not _logged_in()  # no netrc at all
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert _logged_in()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not _logged_in()  # a key for another server
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert _logged_in()
