@@ -195,7 +195,8 @@ def _read_nifti(path: Path, frames: str) -> Volume:
         img = nib.load(str(path))
         shape = _check_shape(path, img.shape, frames)
         # dataobj applies scl_slope/inter; slice before reading so 4-D files load one frame only.
-        data = img.dataobj[(...,) + (0,) * (len(shape) - 3)] if len(shape) == 4 else img.dataobj
+        # Frame 0 on the 4th axis and index 0 on any trailing singleton axes ((x, y, z, T, 1) too).
+        data = img.dataobj[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)] if len(shape) == 4 else img.dataobj
         array = np.asarray(data, dtype=np.float32).reshape(shape[:3])
     except ReadError:
         raise

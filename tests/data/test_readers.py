@@ -131,6 +131,9 @@ def test_4d_is_an_error_unless_first_frame_is_asked(tmp_path):
     assert vol.meta["frames"] == {"count": 3, "used": 0}
     single = _nifti(tmp_path / "single.nii.gz", data[..., :1])  # (x, y, z, 1) is just 3-D
     assert read_volume(single).array.shape == (8, 8, 8)
+    five = _nifti(tmp_path / "five.nii.gz", (data + 1.0)[..., None])  # (x, y, z, T, 1): frame 0 on axis 3
+    vol = read_volume(five, frames="first")
+    assert vol.array.shape == (8, 8, 8) and vol.array.max() == 1.0
 
 
 def test_dicom_single_file_is_2d(tmp_path, real_data_dir):
