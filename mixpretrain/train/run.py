@@ -65,18 +65,41 @@ def resolve_domains(cfg: RunConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
     return domains, index
 
 
+def _http_missing(url: str) -> str | None:
+    """"HTTP 404 ..." when the server says the file is not there (404 / 410), else None (also when
+    it does not answer HEAD: the stream will find out and skip it, counted)."""
+    import urllib.error
+    import urllib.request
+
+    from mixpretrain.data.shards import HTTP_TIMEOUT
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HTTP_TIMEOUT):
+            return None
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}" if exc.code in (404, 410) else None
+    except (urllib.error.URLError, OSError) as exc:
+        log.debug("HEAD %s failed (%s): left to the streams", url, exc)
+        return None
+
+
 def _check_shard_files(cfg: RunConfig, domains: tuple[str, ...], index: dict[str, Any]) -> None:
     """Every shard the index lists for these domains is on disk (a stat each). A missing
     validation shard would change the fixed validation set, and a domain without any train shard
     cannot be sampled: both stop here. A few missing train shards are warned about by name; the
     streams then skip them, counted, as they skip a corrupted shard (``data.strict`` stops here).
 
-    Shards served over http(s) are not checked here (a request per shard from every rank); the
-    streams skip, counted and logged, any that cannot be fetched."""
-    from mixpretrain.data.shards import is_url
+    Over http(s) only the validation shards are checked, by a HEAD request each (a few per domain;
+    one request per train shard from every rank would be too many): one the server answers 404 or
+    410 for stops here; train shards that cannot be fetched are skipped by the streams, counted."""
+    from mixpretrain.data.shards import index_location, is_url, shard_location
 
     if is_url(cfg.data.shards):
-        log.debug("data.shards is a URL (%s): shard files are not checked before the run", cfg.data.shards)
+        gone = [f"{d}: {s['file']} ({why})" for d in domains for s in index[d].get("shards", [])
+                if s["split"] == "val" and (why := _http_missing(shard_location(cfg.data.shards, s["file"])))]
+        if gone:
+            raise ConfigError(f"config key 'data.shards': {index_location(cfg.data.shards)} lists validation shards "
+                              f"the server does not have ({'; '.join(gone)}): the fixed validation set would change")
         return
     root = Path(cfg.data.shards)
     missing = {d: [s for s in index[d].get("shards", []) if not (root / s["file"]).is_file()] for d in domains}

@@ -129,3 +129,21 @@ def test_two_step_run_over_http_shards(shards_url: str, tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2] and all(f"val/{d}" in records[-1] for d in ("ct", "mri", "pet"))
     assert (out / "encoder.pt").is_file()
     assert "skipped shard" not in res.stderr, res.stderr[-4000:]
+
+
+def test_http_validation_shard_the_server_lacks_is_refused(phantom_shards: Path, tmp_path: Path) -> None:
+    """Over http the validation shards are checked by a HEAD request each, as on disk by a stat."""
+    shards = _copy(phantom_shards, tmp_path)
+    (shards / "pet" / "val-000000.tar").unlink()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(shards)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        with pytest.raises(ConfigError, match=r"validation shards the server does not have \(pet: pet/val-000000.tar "
+                                              r"\(HTTP 404"):
+            preflight(load_config(tiny_config(tmp_path / "run.yaml", url, tmp_path / "run")), 1)  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
