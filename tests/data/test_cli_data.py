@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -90,7 +87,7 @@ def test_synth_labels_writes_phantom_tasks(tmp_path, capsys):
     assert len(list((tasks / "labelsTr").iterdir())) == 4
 
 
-def test_shards_verify_and_stats_arguments(tmp_path, capsys):
+def test_shards_verify_and_stats_arguments(tmp_path, capsys, serve_directory):
     """verify: unknown --domains and URLs are clear errors; stats reads an http(s) shards dir's index."""
     out = tmp_path / "phantoms"
     assert main(["synth", "--out", str(out), "--domains", "ct,mri", "--cases", "2", "--size", "16"]) == 0
@@ -99,19 +96,11 @@ def test_shards_verify_and_stats_arguments(tmp_path, capsys):
     assert f"--domains 'nope': ['nope'] not in {out}/index.json (has ['ct', 'mri'])" in capsys.readouterr().err
     assert main(["shards", "verify", str(out), "--domains", "ct", "--quick"]) == 0
     assert "all 2 shard(s) OK" in capsys.readouterr().out
-    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *args: None})
-    handler = functools.partial(quiet, directory=str(out))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    try:
-        assert main(["shards", "verify", url]) == 2
-        assert f"verify needs a local shards folder, not the URL {url}" in capsys.readouterr().err
-        assert main(["shards", "stats", url, "--json"]) == 0
-        rows = json.loads(capsys.readouterr().out)
-        assert {(r["domain"], r["split"]) for r in rows} == {(d, s) for d in ("ct", "mri") for s in ("train", "val")}
-        assert main(["shards", "stats", url + "nope"]) == 2
-        assert f"{url}nope/index.json: cannot fetch the shard index: HTTP 404" in capsys.readouterr().err
-    finally:
-        server.shutdown()
-        server.server_close()
+    url = serve_directory(out)
+    assert main(["shards", "verify", url]) == 2
+    assert f"verify needs a local shards folder, not the URL {url}" in capsys.readouterr().err
+    assert main(["shards", "stats", url, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["domain"], r["split"]) for r in rows} == {(d, s) for d in ("ct", "mri") for s in ("train", "val")}
+    assert main(["shards", "stats", url + "nope"]) == 2
+    assert f"{url}nope/index.json: cannot fetch the shard index: HTTP 404" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import http.server
 import itertools
 import pickle
@@ -180,22 +179,8 @@ def test_resampled_workers_differ_and_few_shards_do_not_hang(datasets: dict[int,
 
 
 @pytest.fixture()
-def http_root(datasets: dict[int, Path]) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(datasets[2]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:  # keep the test output clean
-        pass
+def http_root(datasets: dict[int, Path], serve_directory) -> str:
+    return serve_directory(datasets[2])
 
 
 def _all_keys(source: object) -> Counter[str]:
@@ -451,20 +436,10 @@ class _StallingHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture()
-def stalling_root(datasets: dict[int, Path]) -> Iterator[str]:
+def stalling_root(datasets: dict[int, Path], serve_directory) -> Iterator[str]:
     release = threading.Event()
-    handler = functools.partial(type("H", (_StallingHandler,), {"release": release}), directory=str(datasets[4]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    yield serve_directory(datasets[4], type("H", (_StallingHandler,), {"release": release}))
+    release.set()  # before the server's shutdown (this fixture's teardown runs first)
 
 
 def test_http_server_stalling_mid_transfer_is_a_bad_shard_not_a_hang(

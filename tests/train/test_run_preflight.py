@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,23 +66,10 @@ def test_attempt_without_checkpoint_does_not_block_a_corrected_config(phantom_sh
 # ----------------------------------------------------------------------------- shards over http
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
-def shards_url(phantom_shards: Path) -> Iterator[str]:
+def shards_url(phantom_shards: Path, serve_directory) -> str:
     """The phantom shards served over http on a loopback port (as data.shards may be an http(s) URL)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(phantom_shards)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    return serve_directory(phantom_shards).rstrip("/")
 
 
 def test_http_shards_pass_preflight_and_give_the_same_val_crops(phantom_shards: Path, shards_url: str,
@@ -131,19 +114,12 @@ def test_two_step_run_over_http_shards(shards_url: str, tmp_path: Path) -> None:
     assert "skipped shard" not in res.stderr, res.stderr[-4000:]
 
 
-def test_http_validation_shard_the_server_lacks_is_refused(phantom_shards: Path, tmp_path: Path) -> None:
+def test_http_validation_shard_the_server_lacks_is_refused(phantom_shards: Path, tmp_path: Path,
+                                                          serve_directory) -> None:
     """Over http the validation shards are checked by a HEAD request each, as on disk by a stat."""
     shards = _copy(phantom_shards, tmp_path)
     (shards / "pet" / "val-000000.tar").unlink()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(shards)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        with pytest.raises(ConfigError, match=r"validation shards the server does not have \(pet: pet/val-000000.tar "
-                                              r"\(HTTP 404"):
-            preflight(load_config(tiny_config(tmp_path / "run.yaml", url, tmp_path / "run")), 1)  # type: ignore[arg-type]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    url = serve_directory(shards)
+    with pytest.raises(ConfigError, match=r"validation shards the server does not have \(pet: pet/val-000000.tar "
+                                          r"\(HTTP 404"):
+        preflight(load_config(tiny_config(tmp_path / "run.yaml", url, tmp_path / "run")), 1)  # type: ignore[arg-type]
