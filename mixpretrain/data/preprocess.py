@@ -179,6 +179,21 @@ def _intensity(array: np.ndarray, mask: np.ndarray, vol: Volume, s: PreprocessSe
                  "suv_unavailable": why}
 
 
+def normalise_intensity(vol: Volume, settings: PreprocessSettings) -> tuple[np.ndarray, dict]:
+    """Step 3 alone (no crop, no resampling): the intensity recipe of ``settings`` on the whole
+    volume, with its statistics taken over the foreground as ingest takes them. Downstream
+    evaluation uses it to give task images exactly the intensities the encoder was pretrained on."""
+    where = vol.meta.get("path", "volume")
+    bad = int(vol.array.size - np.count_nonzero(np.isfinite(vol.array)))
+    if bad:
+        raise PreprocessError(f"{where}: {bad} NaN/Inf voxels")
+    mask = _foreground_mask(vol.array, settings)
+    if not mask.any():
+        raise PreprocessError(f"{where}: no foreground voxels (blank image)")
+    out, info = _intensity(vol.array, mask, vol, settings)
+    return np.asarray(out, dtype=np.float32), info
+
+
 def _pet_suv(vol: Volume) -> tuple[float | None, str]:
     first = vol.meta.get("first_file")
     if vol.meta.get("format") != "dicom" or not first:

@@ -36,7 +36,8 @@ class ClassifyConfig:
     mode: str = "both"  # probe | finetune | both
     patch_size: int | None = None  # expected patch size; None: the export's
     img_size: list[int] | None = None  # None: the export's image size
-    intensity: str = "none"
+    intensity: str = "none"  # none | ct | zscore | percentile | ingest (the export's recorded recipe)
+    intensity_domain: str | None = None  # ingest: whose recipe (None: the export's only domain)
     probe_steps: int = 300
     probe_lr: float = 1e-2
     finetune_steps: int = 50
@@ -222,7 +223,14 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     """Load the encoder and the CSV, run the requested mode(s); returns metrics per mode."""
     import torch
 
-    from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
+    from .common import (
+        check_steps,
+        load_pretrained,
+        load_volumes,
+        pick_device,
+        resolve_intensity,
+        seed_everything,
+    )
     from .splits import check_train_has_classes
 
     cfg = cfg or ClassifyConfig()
@@ -241,12 +249,13 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     check_train_has_classes({it["label"] for it in train}, {it["label"] for it in val}, csv_path)
     probe_enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=cfg.scratch)
     img_size = list(probe_enc.img_size)
+    intensity = resolve_intensity(cfg.intensity, cfg.intensity_domain, probe_enc.export_meta, encoder_path)
     t0 = time.perf_counter()
-    x_train, y_train = _stack(load_volumes(train, img_size, cfg.intensity), train)
-    x_val, y_val = _stack(load_volumes(val, img_size, cfg.intensity), val)
+    x_train, y_train = _stack(load_volumes(train, img_size, intensity), train)
+    x_val, y_val = _stack(load_volumes(val, img_size, intensity), val)
     data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
     result: dict[str, Any] = {
-        "encoder": str(encoder_path), "data": str(csv_path), "img_size": img_size,
+        "encoder": str(encoder_path), "data": str(csv_path), "img_size": img_size, "intensity": intensity,
         "n_train": len(train), "n_val": len(val), "n_classes": len(labels), "config": asdict(cfg),
         "load_s": round(time.perf_counter() - t0, 2),
     }

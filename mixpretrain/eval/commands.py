@@ -61,8 +61,13 @@ def _common(p: argparse.ArgumentParser, data_help: str, batch_size: int) -> None
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--patch-size", type=int, default=None, help="expected patch size (error if the export differs)")
     p.add_argument("--img-size", type=_size, default=None, help="input size (default: the export's image size)")
-    p.add_argument("--intensity", default="none", choices=["none", "ct", "zscore", "percentile"],
-                   help="intensity normalisation (none: images already preprocessed like the shards; default: none)")
+    p.add_argument("--intensity", default="none", choices=["none", "ingest", "ct", "zscore", "percentile"],
+                   help="intensity normalisation: none (images already preprocessed like the shards), ingest "
+                        "(the recipe the export records for --domain, run by ingest's code), or a fixed "
+                        "approximation: ct (phantom window -200..300 HU), zscore, percentile (default: none)")
+    p.add_argument("--domain", default=None,
+                   help="with --intensity ingest: the pretraining domain whose recipe the images get "
+                        "(default: the export's only domain)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"batch size (default: {batch_size})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
@@ -134,6 +139,7 @@ def _synth_tasks(args: argparse.Namespace) -> int:
 
 def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw = dict(patch_size=args.patch_size, img_size=args.img_size, intensity=args.intensity,
+              intensity_domain=args.domain,
               seed=args.seed, device=args.device, scratch=args.scratch)
     if args.batch_size is not None:
         kw["batch_size"] = args.batch_size

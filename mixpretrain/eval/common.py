@@ -3,9 +3,11 @@
 Images are read with MONAI's ``LoadImaged`` (NIfTI, NRRD, MHA, DICOM ... whatever MONAI reads),
 made channel-first, reoriented to RAS (the orientation of the pretraining shards), optionally
 intensity-normalised (``intensity``: ``none`` when the images are already preprocessed like the
-shards — e.g. phantom tasks or volumes exported after ``mixpretrain ingest`` — ``ct`` for the
-ingest CT window, ``zscore`` for MRI-like foreground z-scoring, ``percentile`` for PET-like
-scaling), then resized to the encoder's image size.
+shards — e.g. phantom tasks or volumes exported after ``mixpretrain ingest`` — ``ingest`` for the
+recipe recorded in the encoder export for one pretraining domain, run by ingest's own code
+(:func:`mixpretrain.data.preprocess.normalise_intensity`), or one of three fixed approximations:
+``ct`` for the phantom CT window, ``zscore`` for MRI-like foreground z-scoring, ``percentile`` for
+PET-like scaling), then resized to the encoder's image size.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-INTENSITY_MODES = ("none", "ct", "zscore", "percentile")
-CT_WINDOW = (-200.0, 300.0)  # the ingest / phantom CT window, scaled to [0, 1]
+INTENSITY_MODES = ("none", "ct", "zscore", "percentile", "ingest")
+CT_WINDOW = (-200.0, 300.0)  # the phantom CT window, scaled to [0, 1] (real CT ingest: -1000..1000)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,9 +73,9 @@ def load_pretrained(
         raise ValueError(f"encoder {path} is a directory, not an encoder export file (save_encoder); {hint}")
     meta = read_encoder_file(path)["meta"]
     for domain, recipe in (meta.get("preprocessing") or {}).items():  # pretraining's input, per domain
-        log.info("encoder %s was pretrained on domain %s (%s): intensity %s, spacing %s; preprocess task "
-                 "images the same way (--intensity none for images already preprocessed so)", path, domain,
-                 recipe.get("modality"), recipe.get("intensity"), recipe.get("spacing"))
+        log.info("encoder %s was pretrained on domain %s: %s (--intensity ingest --domain %s gives task images "
+                 "this recipe; --intensity none for images already preprocessed so)", path, domain,
+                 describe_recipe(recipe), domain)
     saved = tuple(int(p) for p in meta["patch_size"])
     if patch_size is not None and to_3tuple(patch_size, "patch_size") != saved:
         raise ValueError(
@@ -121,6 +123,84 @@ def _quiet_nvimgcodec() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """One line for a domain's recorded preprocessing (from ingest or the phantom synthesiser)."""
+    modality = recipe.get("modality")
+    if recipe.get("phantom"):
+        how = (recipe.get("intensity") or {}).get("method", "?")
+        return f"{modality} phantom, synthesised normalised ({how})"
+    if modality == "ct":
+        how = f"HU window {recipe.get('ct_window')} -> [0, 1]"
+    elif modality == "mri":
+        how = f"foreground percentiles {recipe.get('mri_percentiles')} clip + z-score"
+    elif modality == "pet":
+        how = f"SUV (body weight) up to {recipe.get('pet_suv_max')}, else / foreground p{recipe.get('pet_percentile')}"
+    else:
+        how = "intensity not recorded"
+    return f"{modality}, {how}, spacing {recipe.get('spacing')} mm"
+
+
+def ingest_recipe(meta: dict[str, Any], domain: str | None, where: str | Path) -> dict[str, Any]:
+    """The preprocessing recorded in an encoder export for one pretraining domain, for
+    ``--intensity ingest``. ``domain`` may be left out when the export has a single domain."""
+    recipes = meta.get("preprocessing") or {}
+    if not recipes:
+        raise ValueError(f"encoder {where} records no preprocessing per domain (exported before exports "
+                         "recorded it); use --intensity none|ct|zscore|percentile")
+    if domain is None:
+        if len(recipes) > 1:
+            raise ValueError(f"encoder {where} was pretrained on {len(recipes)} domains ({', '.join(sorted(recipes))}); "
+                             "--intensity ingest needs --domain NAME, the domain whose recipe the task images get")
+        domain = next(iter(recipes))
+    if domain not in recipes:
+        raise ValueError(f"--domain {domain!r}: encoder {where} was not pretrained on it; its domains are "
+                         f"{', '.join(sorted(recipes))}")
+    return {"domain": domain, **recipes[domain]}
+
+
+def resolve_intensity(mode: str, domain: str | None, meta: dict[str, Any], where: str | Path) -> str | dict[str, Any]:
+    """``mode`` as given, or for ``ingest`` the recorded recipe of ``domain`` (a dict)."""
+    if mode not in INTENSITY_MODES:
+        raise ValueError(f"intensity mode {mode!r} unknown; valid: {', '.join(INTENSITY_MODES)}")
+    if mode != "ingest":
+        if domain is not None:
+            raise ValueError(f"--domain {domain!r} applies to --intensity ingest only (got --intensity {mode})")
+        return mode
+    recipe = ingest_recipe(meta, domain, where)
+    log.info("task images get the intensity recipe of pretraining domain %s: %s", recipe["domain"], describe_recipe(recipe))
+    return recipe
+
+
+def _recipe_settings(recipe: dict[str, Any]) -> Any:
+    """ingest's PreprocessSettings from a recorded recipe (its ``to_dict`` plus the modality)."""
+    from dataclasses import fields
+
+    from mixpretrain.data.preprocess import PreprocessSettings
+
+    names = {f.name for f in fields(PreprocessSettings)}
+    return PreprocessSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in names})
+
+
+def _apply_recipe(image: Any, path: str | Path, settings: Any) -> torch.Tensor:
+    """ingest's intensity step on one channel-first image as read (C = 1). A DICOM series keeps
+    its first file, so PET gets SUV from its headers as at ingest."""
+    from mixpretrain.data.preprocess import normalise_intensity
+    from mixpretrain.data.readers import Volume
+
+    t = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    if t.shape[0] != 1:
+        raise ValueError(f"image {path}: {t.shape[0]} channels; --intensity ingest expects one")
+    meta: dict[str, Any] = {"path": str(path), "format": "other"}
+    if Path(path).is_dir():
+        import SimpleITK as sitk
+
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        meta.update(format="dicom", first_file=files[0] if files else None)
+    arr = t[0].detach().cpu().numpy().astype(np.float32)
+    out, _ = normalise_intensity(Volume(arr, np.eye(4), (1.0, 1.0, 1.0), meta), settings)
+    return torch.from_numpy(out)[None]
+
+
 def _intensity_transform(keys: list[str], mode: str) -> list:
     from monai import transforms as mt
 
@@ -162,7 +242,7 @@ def check_label_values(label: Any, path: str | Path, n_classes: int) -> None:
 def load_volumes(
     items: list[dict[str, str]],
     img_size: Sequence[int],
-    intensity: str = "none",
+    intensity: str | dict[str, Any] = "none",
     with_label: bool = False,
     n_classes: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -171,6 +251,9 @@ def load_volumes(
     Image and label must have the same spatial shape on disk: a mismatch is an error naming both
     files, never a silent resample of the label. With ``n_classes``, every label voxel must hold a
     whole class number 0..n_classes-1 as read, before the resize (``check_label_values``).
+    ``intensity``: a mode name, or a recorded recipe (``resolve_intensity`` of ``ingest``) that
+    ingest's own intensity step applies to each image as read; a phantom recipe changes nothing,
+    since phantom task images are synthesised already normalised.
     """
     from monai import transforms as mt
 
@@ -187,8 +270,10 @@ def load_volumes(
         mt.Orientationd(keys, axcodes="RAS", labels=None),
     ])
     modes = ["trilinear", "nearest"] if with_label else ["trilinear"]
+    recipe = intensity if isinstance(intensity, dict) else None
+    settings = _recipe_settings(recipe) if recipe and not recipe.get("phantom") else None
     post = mt.Compose([
-        *_intensity_transform(["image"], intensity),
+        *([] if recipe else _intensity_transform(["image"], intensity)),
         mt.Resized(keys, spatial_size=tuple(img_size), mode=modes),
         mt.EnsureTyped(keys, data_type="tensor", track_meta=False),
     ])
@@ -201,6 +286,8 @@ def load_volumes(
                 raise ValueError(f"image {item['image']} has shape {ishape} but its label {item['label']} has shape {lshape}")
             if n_classes is not None:
                 check_label_values(data["label"], item["label"], n_classes)
+        if settings is not None:
+            data["image"] = _apply_recipe(data["image"], item["image"], settings)
         data = post(data)
         data["image"] = data["image"].float()
         if with_label:

@@ -46,7 +46,8 @@ LOSS = {"to_onehot_y": True, "softmax": True, "include_background": False, "batc
 class SegmentConfig:
     patch_size: int | None = None  # expected patch size; None: the export's
     img_size: list[int] | None = None  # None: the export's image size
-    intensity: str = "none"
+    intensity: str = "none"  # none | ct | zscore | percentile | ingest (the export's recorded recipe)
+    intensity_domain: str | None = None  # ingest: whose recipe (None: the export's only domain)
     steps: int = 100
     batch_size: int = 2
     lr: float = 1e-3  # decoder
@@ -249,7 +250,14 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     """Fine-tune and score; with ``compare_scratch`` also the same model from scratch, side by side."""
     import torch
 
-    from .common import check_steps, load_pretrained, load_volumes, pick_device, seed_everything
+    from .common import (
+        check_steps,
+        load_pretrained,
+        load_volumes,
+        pick_device,
+        resolve_intensity,
+        seed_everything,
+    )
     from .splits import check_train_has_classes
 
     cfg = cfg or SegmentConfig()
@@ -258,10 +266,12 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     train, val, classes = read_decathlon(data_dir)
-    img_size = list(load_pretrained(encoder_path, cfg.patch_size, cfg.img_size).img_size)
+    enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size)
+    img_size = list(enc.img_size)
+    intensity = resolve_intensity(cfg.intensity, cfg.intensity_domain, enc.export_meta, encoder_path)
     t0 = time.perf_counter()
     # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
-    vols = {name: load_volumes(items, img_size, cfg.intensity, with_label=True, n_classes=len(classes))
+    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes))
             for name, items in (("train", train), ("val", val))}
     data = {}
     for name, v in vols.items():
@@ -274,7 +284,8 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     for note in notes:
         log.warning("segmentation: %s", note)
     result: dict[str, Any] = {
-        "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "classes": classes,
+        "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "intensity": intensity,
+        "classes": classes,
         "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "loss": f"DiceCELoss({LOSS})",
         "load_s": round(time.perf_counter() - t0, 2),
     }
