@@ -5,7 +5,9 @@
 1. plan: ``mixpretrain.scaling.planner.plan_pilots`` writes one run config per pilot run
    (single-domain runs, uniform, proportional and random mixtures at every budget) and
    ``plan.json``; an existing ``plan.json`` in ``out_dir`` is reused, so a re-run resumes the sweep
-   (with the same planning arguments: other ones are refused, naming each);
+   (with the same planning arguments and base config: other ones are refused, naming each; a base
+   config counts as changed when it is another file or its content changed, by the fingerprint
+   ``plan.json`` records);
 2. run (``mode="run"``): every unfinished pilot goes through ``launch/pretrain.py`` as a
    subprocess (one after another; a failed run is logged, counted and left out of the fit);
    ``mode="emit"`` only writes ``run_pilots.sh`` with the commands (e.g. to submit them to a
@@ -84,6 +86,56 @@ def _changed_plan_arguments(plan: dict[str, Any], domains: list[str], budgets: l
     return [f"{flag} {old} -> {new}" for flag, old, new in checks if old != new]
 
 
+def _show_config(path: str | None) -> str:
+    return "none (built-in defaults)" if path is None else path
+
+
+def _base_config_keys(plan: dict[str, Any], base_config: str | Path | None) -> list[str]:
+    """Keys in which ``base_config`` differs from the base of the saved pilot configs (keys every
+    pilot sets, or lowers to its steps, left out); [] when no saved pilot config can be read."""
+    import yaml
+
+    from mixpretrain.config import config_diff, config_to_dict, load_config
+    from mixpretrain.scaling.planner import is_planned_key
+
+    try:
+        saved = yaml.safe_load(Path(plan["runs"][0]["config"]).read_text())
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    lowered = ("train.eval_every", "train.checkpoint_every")  # min(base value, pilot steps)
+    return [k for k in config_diff(saved, config_to_dict(load_config(base_config)))
+            if not is_planned_key(k) and k not in lowered]
+
+
+def _changed_base_config(plan: dict[str, Any], plan_path: Path, base_config: str | Path | None) -> list[str]:
+    """['--base-config old -> new, ...'] when the base config is another file (by the path as given
+    and as resolved) or its content changed since the plan was made; [] when it is the same, or
+    cannot be checked (a plan.json written before the fingerprint was recorded: logged)."""
+    from mixpretrain.scaling.planner import base_config_record
+
+    saved_fp = plan.get("base_config_fingerprint")
+    if saved_fp is None:
+        log.warning("%s records no fingerprint of its base config (planned before plan.json recorded one): "
+                    "the base config could not be checked (planned from %s, now --base-config %s)",
+                    plan_path, _show_config(plan.get("base_config")), _show_config(None if base_config is None else str(base_config)))
+        return []
+    now = base_config_record(base_config)
+    old_path = _show_config(plan.get("base_config"))
+    new_path = _show_config(now["base_config"])
+    other_file = (plan.get("base_config") != now["base_config"]
+                  and plan.get("base_config_path") != now["base_config_path"])
+    if saved_fp == now["base_config_fingerprint"]:
+        return [f"--base-config {old_path} -> {new_path}, same content"] if other_file else []
+    keys = _base_config_keys(plan, base_config)
+    what = (f"in {', '.join(keys)}" if keys
+            else f"fingerprint {saved_fp} -> {now['base_config_fingerprint']}")
+    if other_file:
+        return [f"--base-config {old_path} -> {new_path}, content differs {what}"]
+    return [f"--base-config {new_path}: content changed since planning, {what}"]
+
+
 def _load_or_plan(out: Path, domains: list[str], budgets: list[float], base_config: str | Path | None,
                   unique: dict[str, float], n_random: int, seed: int, nproc: int, overwrite: bool) -> dict[str, Any]:
     from mixpretrain.scaling.planner import plan_pilots
@@ -91,7 +143,8 @@ def _load_or_plan(out: Path, domains: list[str], budgets: list[float], base_conf
     plan_path = out / "plan.json"
     if plan_path.is_file() and not overwrite:
         plan = json.loads(plan_path.read_text())
-        changed = _changed_plan_arguments(plan, domains, budgets, unique, n_random, seed, nproc)
+        changed = (_changed_base_config(plan, plan_path, base_config)
+                   + _changed_plan_arguments(plan, domains, budgets, unique, n_random, seed, nproc))
         if changed:
             raise ValueError(f"{plan_path} was planned for other arguments ({'; '.join(changed)}): resume with the "
                              "saved ones, or use another output folder, or --overwrite to plan again")

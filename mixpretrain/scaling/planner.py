@@ -81,6 +81,29 @@ def _pilot_mixtures(domains: list[str], unique: dict[str, float], budgets: list[
     return runs, notes
 
 
+# What plan_pilots sets in every pilot config, whatever the base config says: a change of these in
+# the base config changes no pilot, so the base config's fingerprint leaves them out.
+PLANNED_KEYS = ("output_dir", "data.domains", "sampler.name", "sampler.options", "train.max_steps")
+
+
+def is_planned_key(key: str) -> bool:
+    """A flattened config key that plan_pilots sets in every pilot config (``PLANNED_KEYS``)."""
+    return key in PLANNED_KEYS or key.startswith("sampler.options.")
+
+
+def base_config_record(base_config: str | Path | None) -> dict[str, Any]:
+    """How ``plan.json`` identifies the base config a plan was made from: the path as given, the
+    resolved path, and ``config_fingerprint`` of the loaded config (so formatting and comments do
+    not count) without the keys every pilot config overrides (``PLANNED_KEYS``)."""
+    from mixpretrain.config import config_fingerprint, config_to_dict, flatten, load_config
+
+    cfg = load_config(base_config)
+    ignore = tuple(k for k in flatten(config_to_dict(cfg)) if is_planned_key(k))
+    return {"base_config": None if base_config is None else str(base_config),
+            "base_config_path": None if base_config is None else str(Path(base_config).resolve()),
+            "base_config_fingerprint": config_fingerprint(cfg, ignore=ignore)}
+
+
 def plan_pilots(domains: list[str], budgets: list[float], base_config: str | Path | None, out_dir: str | Path,
                 unique: dict[str, float] | None = None, n_random: int = 2, seed: int = 0, world_size: int = 1,
                 overwrite: bool = False) -> dict[str, Any]:
@@ -126,7 +149,7 @@ def plan_pilots(domains: list[str], budgets: list[float], base_config: str | Pat
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         entries.append({"run": name, "kind": kind, "budget": budget, "samples": steps * global_batch,
                         "max_steps": steps, "weights": weights, "config": str(path), "output_dir": raw["output_dir"]})
-    plan = {"domains": list(domains), "budgets": sorted(budgets), "unique": unique or None, "base_config": str(base_config),
+    plan = {"domains": list(domains), "budgets": sorted(budgets), "unique": unique or None, **base_config_record(base_config),
             "global_batch": global_batch, "world_size": world_size, "n_random": n_random, "seed": seed, "runs": entries,
             "notes": notes}
     plan_path.write_text(json.dumps(plan, indent=2))

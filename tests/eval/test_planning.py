@@ -181,3 +181,90 @@ def test_pilot_refuses_bad_arguments_before_training(tmp_path: Path, capsys: pyt
         run_pilot_sweep(out, base, [8, 16, 64], unique={"ct": 12, "mri": 12, "pet": 24}, mode="emit")
     # the same arguments resume, in any order
     assert run_pilot_sweep(out, base, [32, 16, 8], unique={"pet": 12, "ct": 12, "mri": 12}, mode="emit")["n_runs"] == 18
+
+
+def _ways_out(plan: Path, changes: str) -> str:
+    return (f"{plan} was planned for other arguments ({changes}): resume with the saved ones, or use another "
+            "output folder, or --overwrite to plan again")
+
+
+def test_pilot_resume_refuses_another_base_config_file(tmp_path: Path) -> None:
+    """A --base-config naming another file was not checked on resume: the sweep went on with the
+    pilots of the old one (another model size, another data path) as if they were the new one's."""
+    from mixpretrain.eval.pilot import run_pilot_sweep
+
+    base = _pilot_base(tmp_path)
+    out = tmp_path / "pilot"
+    run_pilot_sweep(out, base, [8, 16, 32], mode="emit")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["base_config"] == str(base) and plan["base_config_path"] == str(base.resolve())
+    assert len(plan["base_config_fingerprint"]) == 16
+
+    raw = yaml.safe_load(base.read_text())
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text(yaml.safe_dump({**raw, "model": {"patch_size": 8, "preset": "small"}}))
+    with pytest.raises(ValueError) as err:
+        run_pilot_sweep(out, bigger, [8, 16, 32], mode="emit")
+    assert str(err.value) == _ways_out(out / "plan.json", f"--base-config {base} -> {bigger}, content differs in model.preset")
+    # another file with the same content is still another base config: refused, saying so
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(base.read_text())
+    with pytest.raises(ValueError) as err:
+        run_pilot_sweep(out, copy, [8, 16, 32], n_random=1, mode="emit")
+    assert str(err.value) == _ways_out(out / "plan.json", f"--base-config {base} -> {copy}, same content; --random 2 -> 1")
+    # --overwrite plans again from the new base config
+    run_pilot_sweep(out, bigger, [8, 16, 32], mode="emit", overwrite=True)
+    assert json.loads((out / "plan.json").read_text())["base_config"] == str(bigger)
+    assert yaml.safe_load((out / "configs" / "uniform-8.yaml").read_text())["model"]["preset"] == "small"
+
+
+def test_pilot_resume_refuses_a_changed_base_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same --base-config file edited since planning is refused, naming the changed keys (or the
+    fingerprints when no saved pilot config is left to compare with); keys every pilot sets are not
+    part of the base config's fingerprint, and the same file by another path resumes."""
+    from mixpretrain.eval.pilot import run_pilot_sweep
+
+    base = _pilot_base(tmp_path)
+    out = tmp_path / "pilot"
+    run_pilot_sweep(out, base, [8, 16, 32], mode="emit")
+    planned = json.loads((out / "plan.json").read_text())
+    original = base.read_text()
+
+    # unchanged: resumes, also as a relative path from elsewhere
+    monkeypatch.chdir(tmp_path)
+    assert run_pilot_sweep(out, Path("base.yaml"), [8, 16, 32], mode="emit")["n_runs"] == len(planned["runs"])
+    # keys every pilot config sets whatever the base says: no change to any pilot, resumes
+    raw = yaml.safe_load(original)
+    base.write_text(yaml.safe_dump({**raw, "output_dir": "elsewhere", "sampler": {"name": "uniform"}}))
+    assert run_pilot_sweep(out, base, [8, 16, 32], mode="emit")["n_runs"] == len(planned["runs"])
+
+    base.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "crops_per_volume": 2},
+                                    "train": {**raw["train"], "lr": 1e-3}}))
+    with pytest.raises(ValueError) as err:  # crops_per_volume also changes the unique counts from the index
+        run_pilot_sweep(out, base, [8, 16, 32], mode="emit")
+    assert str(err.value) == _ways_out(
+        out / "plan.json", f"--base-config {base}: content changed since planning, in data.crops_per_volume, train.lr; "
+        "--unique ct=12,mri=12,pet=12 -> ct=6,mri=6,pet=6")
+    base.write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "lr": 1e-3}}))
+    (out / "configs" / f"{planned['runs'][0]['run']}.yaml").unlink()  # nothing saved to compare with
+    with pytest.raises(ValueError, match=rf"--base-config {base}: content changed since planning, fingerprint "
+                                         rf"{planned['base_config_fingerprint']} -> [0-9a-f]{{16}}\): resume with"):
+        run_pilot_sweep(out, base, [8, 16, 32], mode="emit")
+
+
+def test_pilot_resumes_an_old_plan_without_base_config_fingerprint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A plan.json written before the base config's fingerprint was recorded still resumes, with a warning."""
+    from mixpretrain.eval.pilot import run_pilot_sweep
+
+    base = _pilot_base(tmp_path)
+    out = tmp_path / "pilot"
+    run_pilot_sweep(out, base, [8, 16, 32], mode="emit")
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["base_config_fingerprint"], plan["base_config_path"]
+    (out / "plan.json").write_text(json.dumps(plan))
+    raw = yaml.safe_load(base.read_text())
+    base.write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "lr": 1e-3}}))  # not detectable
+    with caplog.at_level("WARNING", logger="mixpretrain.eval.pilot"):
+        assert run_pilot_sweep(out, base, [8, 16, 32], mode="emit")["n_runs"] == len(plan["runs"])
+    assert (f"{out / 'plan.json'} records no fingerprint of its base config (planned before plan.json recorded one): "
+            f"the base config could not be checked (planned from {base}, now --base-config {base})") in caplog.text
