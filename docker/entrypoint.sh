@@ -23,6 +23,13 @@ die() {
 }
 log() { echo "entrypoint: $*" >&2; }
 
+# Files this script generates (a per-node hostfile, a DS_ENV_FILE), never one the user named: they
+# are removed when the launch ends, fails or is stopped (and after a dry run).
+TEMP_FILES=()
+# shellcheck disable=SC2329 # called from a trap
+remove_temp_files() { ((${#TEMP_FILES[@]} == 0)) || rm -f -- "${TEMP_FILES[@]}"; }
+trap remove_temp_files EXIT
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MIXPRETRAIN_HOME="${MIXPRETRAIN_HOME:-$(dirname "$HERE")}"
 SCRIPT="${MIXPRETRAIN_SCRIPT:-$MIXPRETRAIN_HOME/launch/pretrain.py}"
@@ -135,6 +142,7 @@ forward_env_to_ssh_ranks() {
     [[ -z "${DS_ENV_FILE:-}" ]] || return 0 # the user's own list
     local f v
     f="$(mktemp "${TMPDIR:-/tmp}/mixpretrain-dsenv.XXXXXX")" # mode 600: it may hold a W&B key
+    TEMP_FILES+=("$f")
     for v in "$HOME/.deepspeed_env" ./.deepspeed_env; do      # what deepspeed would have read
         [[ -f "$v" ]] && cat "$v" >>"$f"
     done
@@ -162,6 +170,7 @@ deepspeed)
             # Every node runs its own launcher (--no_ssh); the hostfile only tells it the world
             # shape, so the host names are placeholders.
             hostfile="$(mktemp "${TMPDIR:-/tmp}/mixpretrain-hostfile.XXXXXX")"
+            TEMP_FILES+=("$hostfile")
             slots=$(($(tr ',' '\n' <<<"$ids" | sort -n | tail -1) + 1))
             include=""
             for ((n = 0; n < NNODES; n++)); do
@@ -218,5 +227,38 @@ if [[ "${MIXPRETRAIN_DRY_RUN:-0}" == "1" ]]; then
     echo
     exit 0
 fi
-log "exec: ${CMD[*]}"
-exec "${CMD[@]}"
+if ((${#TEMP_FILES[@]} == 0)); then
+    log "exec: ${CMD[*]}"
+    exec "${CMD[@]}"
+fi
+
+# Generated files must outlive the launcher's start-up but not the launcher: run it as a child
+# instead of exec'ing it, pass on the signals a scheduler, `docker stop` or Ctrl-C send to this
+# shell (PID 1 in a container), and exit with the launcher's status once the EXIT trap removed them.
+log "run: ${CMD[*]}"
+# A plain `cmd &` starts with SIGINT/SIGQUIT ignored (its ranks would inherit that, and Ctrl-C
+# would not stop them): a subshell that resets them first, then becomes the launcher.
+(
+    trap - INT QUIT
+    exec "${CMD[@]}"
+) <&0 &
+child=$!
+signalled=0
+# shellcheck disable=SC2329 # called from a trap
+pass_on() {
+    signalled=1
+    kill -s "$1" "$child" 2>/dev/null || true
+}
+for sig in TERM INT HUP QUIT USR1 USR2; do
+    # shellcheck disable=SC2064 # expand $sig now: one handler per signal
+    trap "pass_on $sig" "$sig"
+done
+status=0
+wait "$child" || status=$?
+while ((signalled)); do # that wait was cut short by a signal (128+n): wait for the launcher itself
+    signalled=0
+    again=0
+    wait "$child" 2>/dev/null || again=$?
+    ((again == 127)) || status=$again # 127: the launcher had already ended with $status
+done
+exit "$status"

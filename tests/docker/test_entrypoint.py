@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,18 +38,32 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def run_entrypoint(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def entrypoint_env(env: dict[str, str], script: Path, tmp_path: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
     base["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '/usr/bin:/bin')}"
     base.update({"MIXPRETRAIN_SCRIPT": str(script), "RECORD_TO": str(tmp_path / "record.json"), "TMPDIR": str(tmp_path)})
     base.update(env)
-    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=base, capture_output=True, text=True, timeout=60)
+    return base
+
+
+def run_entrypoint(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=entrypoint_env(env, script, tmp_path),
+                          capture_output=True, text=True, timeout=60)
 
 
 def dry_run(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> list[str]:
     proc = run_entrypoint(args, {"MIXPRETRAIN_DRY_RUN": "1", **env}, script, tmp_path)
     assert proc.returncode == 0, proc.stderr
     return shlex.split(proc.stdout)
+
+
+def dry_run_hostfile(env: dict[str, str], script: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
+    """The dry-run command and the generated hostfile's lines, as printed: the file itself is gone."""
+    proc = run_entrypoint([], {"MIXPRETRAIN_DRY_RUN": "1", **env}, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cmd = shlex.split(proc.stdout)
+    assert not Path(opt(cmd, "--hostfile")).exists() and not list(tmp_path.glob("mixpretrain-*"))
+    return cmd, [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("hostfile: ")]
 
 
 def opt(cmd: list[str], name: str) -> str:
@@ -143,15 +159,14 @@ def test_launcher_per_node(script: Path, tmp_path: Path) -> None:
     assert "--no_ssh" in cmd
     assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr")) == ("2", "10.0.0.1")
     assert opt(cmd, "--include") == "node0:0,1@node1:0,1@node2:0,1"
-    lines = Path(opt(cmd, "--hostfile")).read_text().split()
-    assert lines == ["node0", "slots=2", "node1", "slots=2", "node2", "slots=2"]
+    assert dry_run_hostfile(env, script, tmp_path)[1] == ["node0 slots=2", "node1 slots=2", "node2 slots=2"]
 
 
 def test_per_node_keeps_the_visible_gpus(script: Path, tmp_path: Path) -> None:
     env = {"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "h0", "CUDA_VISIBLE_DEVICES": "4,5"}
-    cmd = dry_run([], env, script, tmp_path)
+    cmd, hostfile = dry_run_hostfile(env, script, tmp_path)
     assert opt(cmd, "--include") == "node0:4,5@node1:4,5"
-    assert "slots=6" in Path(opt(cmd, "--hostfile")).read_text()
+    assert hostfile == ["node0 slots=6", "node1 slots=6"]
     proc = run_entrypoint([], {**env, "CUDA_VISIBLE_DEVICES": "GPU-8d2e"}, script, tmp_path)
     assert proc.returncode == 2 and "torchrun" in proc.stderr
 
@@ -204,9 +219,104 @@ def test_scheduler_variables_are_read(script: Path, tmp_path: Path) -> None:
 def test_kubeflow_world_size_and_rank_are_nodes(script: Path, tmp_path: Path) -> None:
     env = {"MIXPRETRAIN_NODE_ENV": "kubeflow", "WORLD_SIZE": "3", "RANK": "1", "MASTER_ADDR": "job-master-0",
            "MASTER_PORT": "23456", "NPROC_PER_NODE": "8"}
-    cmd = dry_run([], env, script, tmp_path)
+    cmd, hostfile = dry_run_hostfile(env, script, tmp_path)
     assert (opt(cmd, "--node_rank"), opt(cmd, "--master_addr")) == ("1", "job-master-0")
-    assert Path(opt(cmd, "--hostfile")).read_text().count("slots=8") == 3
+    assert hostfile == ["node0 slots=8", "node1 slots=8", "node2 slots=8"]
+
+
+# ------------------------------------------------- files the entrypoint generates are removed
+# A fake `deepspeed` first on PATH records what it was given while it runs (the generated hostfile
+# and DS_ENV_FILE must exist then), whether SIGINT reached it ignored, and exits as told.
+FAKE_DEEPSPEED = """\
+import json, os, signal, sys, time
+argv = sys.argv[1:]
+hostfile = argv[argv.index("--hostfile") + 1] if "--hostfile" in argv else None
+env_file = os.environ.get("DS_ENV_FILE")
+record = {"argv": argv, "hostfile": hostfile, "hostfile_text": open(hostfile).read() if hostfile else None,
+          "env_file": env_file, "env_names": [x.split("=")[0] for x in open(env_file)] if env_file else [],
+          "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
+json.dump(record, open(os.environ["FAKE_RECORD"] + ".part", "w"))
+if os.environ.get("FAKE_MODE") == "until-term":
+    def stop(signum, frame):
+        open(os.environ["FAKE_RECORD"] + ".signal", "w").write(str(signum))
+        sys.exit(7)
+    signal.signal(signal.SIGTERM, stop)
+os.replace(os.environ["FAKE_RECORD"] + ".part", os.environ["FAKE_RECORD"])
+while os.environ.get("FAKE_MODE") == "until-term":
+    time.sleep(0.05)
+sys.exit(int(os.environ.get("FAKE_RC", "0")))
+"""
+
+
+def fake_launcher_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "deepspeed").write_text(f"#!{sys.executable}\n{FAKE_DEEPSPEED}")
+    (bin_dir / "deepspeed").chmod(0o755)
+    path = f"{bin_dir}:{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return {"PATH": path, "FAKE_RECORD": str(tmp_path / "launcher.json"), **env}
+
+
+def generated_files(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("mixpretrain-*"))  # the entrypoint's TMPDIR is tmp_path
+
+
+@pytest.mark.parametrize("rc", [0, 3])
+def test_generated_hostfile_is_removed_when_the_launch_ends(script: Path, tmp_path: Path, rc: int) -> None:
+    """Launcher per node: the hostfile the entrypoint generates lives exactly as long as the
+    launcher, whether it succeeds or fails, and the launcher's exit status is the entrypoint's."""
+    env = fake_launcher_env(tmp_path, NNODES="2", NODE_RANK="1", MASTER_ADDR="h0", NPROC_PER_NODE="2",
+                            FAKE_RC=str(rc))
+    proc = run_entrypoint(["--config", "c.yaml"], env, script, tmp_path)
+    assert proc.returncode == rc, proc.stderr
+    seen = json.loads((tmp_path / "launcher.json").read_text())
+    assert Path(seen["hostfile"]).parent == tmp_path and Path(seen["hostfile"]).name.startswith("mixpretrain-hostfile.")
+    assert seen["hostfile_text"] == "node0 slots=2\nnode1 slots=2\n"  # there while the launcher ran
+    assert seen["argv"][-3:] == [str(script), "--config", "c.yaml"]
+    assert not seen["sigint_ignored"]  # run as a background job, yet Ctrl-C still stops the ranks
+    assert generated_files(tmp_path) == []
+
+
+def test_generated_ds_env_file_is_removed_and_user_files_are_kept(script: Path, tmp_path: Path) -> None:
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=8\nnode-b slots=8\n")
+    env = fake_launcher_env(tmp_path, HOSTFILE=str(hostfile), FAKE_RC="1")
+    proc = run_entrypoint([], env, script, tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    seen = json.loads((tmp_path / "launcher.json").read_text())
+    assert seen["hostfile"] == str(hostfile) and Path(seen["env_file"]).name.startswith("mixpretrain-dsenv.")
+    assert "WANDB_MODE" in seen["env_names"]  # written, read by the launcher, then removed
+    assert generated_files(tmp_path) == []
+    assert hostfile.read_text() == "node-a slots=8\nnode-b slots=8\n"  # the user's hostfile stays
+
+    own = tmp_path / "my.deepspeed_env"  # a DS_ENV_FILE of the user's own: used, never removed
+    own.write_text("FOO=1\n")
+    proc = run_entrypoint([], {**env, "DS_ENV_FILE": str(own), "FAKE_RC": "0"}, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "launcher.json").read_text())["env_file"] == str(own)
+    assert own.read_text() == "FOO=1\n" and hostfile.is_file() and generated_files(tmp_path) == []
+    assert "entrypoint: exec: deepspeed" in proc.stderr  # nothing generated: exec'd as before
+
+
+def test_a_stopped_launch_passes_the_signal_on_and_removes_its_files(script: Path, tmp_path: Path) -> None:
+    """`docker stop`, Kubernetes and scancel send SIGTERM to the entrypoint (PID 1 in a container):
+    the launcher, now its child, must get it, and the generated files must still go."""
+    env = fake_launcher_env(tmp_path, NNODES="2", NODE_RANK="0", MASTER_ADDR="h0", FAKE_MODE="until-term")
+    proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=entrypoint_env(env, script, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "launcher.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "launcher.json").exists() and len(generated_files(tmp_path)) == 1
+        proc.send_signal(signal.SIGTERM)  # to the entrypoint alone, not its process group
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "launcher.json.signal").read_text() == str(int(signal.SIGTERM))
+    assert proc.returncode == 7, stderr  # the launcher's own exit status
+    assert generated_files(tmp_path) == []
 
 
 def test_torchrun_launcher(script: Path, tmp_path: Path) -> None:

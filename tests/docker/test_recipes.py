@@ -4,6 +4,7 @@ with fake SLURM variables, the Kubernetes manifest, and `make docker-build` with
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -75,10 +76,57 @@ def test_dockerfile_targets() -> None:
     assert "DS_BUILD_SHM_COMM=1" in stages["cpu"]  # needed by the CPU accelerator's process group
     for name, body in stages.items():
         assert "--no-build-isolation" in body, f"{name}: deepspeed must build against the installed torch"
-        assert "pip install --no-deps ." in body, f"{name}: the package is installed from setup.py"
+        assert re.search(r"pip install (-c \S+ )?--no-deps \.", body), f"{name}: the package is installed from setup.py"
         users = re.findall(r"^USER (\S+)", body, re.M)
         assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name}: must end as a non-root user"
         assert 'ENTRYPOINT ["/opt/mixpretrain/docker/entrypoint.sh"]' in body
+
+
+PIP_CONSTRAINTS = "/etc/pip-constraints.txt"
+
+
+def _commands(body: str) -> list[str]:
+    """The shell commands of a stage's RUN instructions, split at &&, ||, ; and | outside quotes."""
+    commands = []
+    for run in re.findall(r"^RUN\s+(.*)$", body, re.M):
+        current, quote = "", ""
+        for ch in run:
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch in "&|;":
+                commands.append(current)
+                current = ""
+                continue
+            current += ch
+        commands.append(current)
+    return [c.strip() for c in commands if c.strip()]
+
+
+def test_every_pip_step_keeps_the_torch_pin(tmp_path: Path) -> None:
+    """A pip step that resolves dependencies (-r requirements, deepspeed, awscli) may replace the
+    installed torch (another version, or a CUDA build from the default index): every pip install
+    takes the torch pin as a constraint, written before the stage's first pip step."""
+    make_pin = re.search(r"^TORCH_PIN \?= (torch==\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    for name, body in _stages(DOCKERFILE.read_text()).items():
+        commands = _commands(body)
+        installs = [i for i, c in enumerate(commands) if re.search(r"\bpip3? install\b", c)]
+        writes = [i for i, c in enumerate(commands) if re.search(rf">\s*{re.escape(PIP_CONSTRAINTS)}$", c)]
+        assert installs and len(writes) == 1 and writes[0] < installs[0], f"{name}: constraints written first"
+        for i in installs:
+            assert f"-c {PIP_CONSTRAINTS}" in commands[i], f"{name}: pip step without the torch pin: {commands[i]}"
+            assert not re.search(r"\s(-U|--upgrade|--force-reinstall|--ignore-installed)\b", commands[i]), commands[i]
+        assert not re.search(r"PIP_CONSTRAINT\w*=", body)  # one mechanism, visible on each line
+        write = commands[writes[0]]
+        if name == "cpu":  # the pin the Makefile installs in .venv
+            version = re.search(r"^ARG TORCH_VERSION=(\S+)$", body, re.M).group(1)
+            assert write == f'echo "torch==${{TORCH_VERSION}}" > {PIP_CONSTRAINTS}' and f"torch=={version}" == make_pin
+        else:  # the base image's own torch: run the Dockerfile's command against this venv's torch
+            cmd = write.replace(PIP_CONSTRAINTS, str(tmp_path / "c.txt")).replace("python ", f"{sys.executable} ", 1)
+            subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+            from importlib.metadata import version as dist_version
+            assert (tmp_path / "c.txt").read_text() == f"torch=={dist_version('torch')}\n"
 
 
 def test_requirements_step_reads_setup_py(tmp_path: Path) -> None:
@@ -153,8 +201,41 @@ def test_sbatch_launch_command(tmp_path: Path) -> None:
     ds = shlex.split(proc.stdout)
     assert ds[0] == "deepspeed" and "--no_ssh" in ds
     assert [ds[ds.index(k) + 1] for k in ("--node_rank", "--master_addr", "--master_port")] == ["2", "gpu07", "24242"]
-    assert Path(ds[ds.index("--hostfile") + 1]).read_text().count("slots=8") == 4
+    hostfile = [line for line in proc.stderr.splitlines() if line.startswith("hostfile: ")]  # printed, then removed
+    assert hostfile == [f"hostfile: node{n} slots=8" for n in range(4)]
+    assert not Path(ds[ds.index("--hostfile") + 1]).exists()
     assert ds[ds.index(str(script)):] == [str(script), *args]
+
+
+def test_sbatch_passes_cpus_per_task_to_srun(tmp_path: Path) -> None:
+    """Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task (each task would get one
+    CPU, starving the DataLoader workers): the script passes the allocation's value on to srun."""
+    cpus = re.search(r"^#SBATCH --cpus-per-task=(\d+)$", SBATCH.read_text(), re.M).group(1)
+    cmd = _sbatch_dry_run(tmp_path, ["--config", "c.yaml"], SLURM_CPUS_PER_TASK=cpus)
+    entry = cmd.index(str(REPO / "docker" / "entrypoint.sh"))
+    assert f"--cpus-per-task={cpus}" in cmd[:entry] and cmd[entry + 1:] == ["--config", "c.yaml"]
+
+    # The real thing, with a fake srun on PATH: `sbatch --cpus-per-task=6 ...` (the command line
+    # wins over the #SBATCH line) reaches srun as given.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                               "json.dump(sys.argv[1:], open(os.environ['SRUN_RECORD'], 'w'))\n")
+    (fake / "srun").chmod(0o755)
+    record = tmp_path / "srun.json"
+    env = clean_env(SLURM_JOB_NODELIST="gpu[07-08]", SLURM_JOB_ID="7", SLURM_JOB_NUM_NODES="2",
+                    SLURM_CPUS_PER_TASK="6", SLURM_SUBMIT_DIR=str(REPO), SRUN_RECORD=str(record))
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    proc = subprocess.run(["bash", str(SBATCH), "--config", "c.yaml"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(record.read_text())
+    entry = argv.index(str(REPO / "docker" / "entrypoint.sh"))
+    assert [a for a in argv if a.startswith("--cpus-per-task")] == ["--cpus-per-task=6"]
+    assert argv.index("--cpus-per-task=6") < entry
+
+    # An allocation without --cpus-per-task: srun's own default, no flag.
+    assert not any(a.startswith("--cpus-per-task") for a in _sbatch_dry_run(tmp_path, []))
 
 
 def test_sbatch_containers(tmp_path: Path) -> None:

@@ -114,7 +114,8 @@ def test_two_nodes_agree_on_per_domain_metrics(shards: Path, tmp_path: Path) -> 
     results = wait_nodes(start_nodes(config, probe, tmp_path))
     for node, (rc, log) in enumerate(results):
         assert rc == 0, f"node {node} exited {rc}:\n{log[-4000:]}"
-    assert all("exec: deepspeed" in log and "--no_ssh" in log for _, log in results)
+    assert all("entrypoint: run: deepspeed" in log and "--no_ssh" in log for _, log in results)
+    assert not list(tmp_path.glob("mixpretrain-*"))  # each node's generated hostfile (TMPDIR) is gone
 
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == NODES
