@@ -28,13 +28,16 @@ All the logic lives in ``mixpretrain.samplers.simulate``; this script only parse
 
     python benchmarks/compare_samplers.py --pretrain --config configs/bench/cpu_tiny.yaml [--samplers a,b] [--seeds N]
         [--transfer-variants '{"band": {"steer_band": 1.25}}']
+        [--variants '{"c2p": {"sampler": "fixed", "options": {"weights": {"cells": 0.12, "ct": 0.465, ...}}}}']
 
 ``--pretrain``: every sampler trains the same data, model, budget and seeds through the real
 trainer (``launch/pretrain.py``); the table gives final validation loss per domain, mean
 normalised loss (1 = ``proportional``), improvement per domain, realised consumption and the hubs
 and islands ``transfer`` found, with loss-curve and weight plots. ``--transfer-variants`` adds
 rows (runs ``<name>-seedN``) normalised by the same proportional runs; finished runs in the output
-folder are reused, so a variant can be added to an earlier comparison. The logic lives in
+folder are reused, so a variant can be added to an earlier comparison. ``--variants`` adds rows of
+any sampler with its options (the form of a bench config's ``variants``): fixed mixtures next to
+proportional tell whether re-weighting can gain anything on this data at all. The logic lives in
 ``mixpretrain.eval.compare``.
 """
 
@@ -55,6 +58,20 @@ def parse_variants(text: str | None) -> dict[str, dict] | None:
         return simulate.parse_variants(text)
     except ValueError as exc:
         raise SystemExit(f"compare_samplers.py: error: {exc}") from exc
+
+
+def parse_row_variants(text: str | None) -> dict[str, dict] | None:
+    """--variants: JSON {row name: {"sampler": NAME, "options": {...}}} (checked by collect_variants)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"compare_samplers.py: error: --variants is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise SystemExit("compare_samplers.py: error: --variants must map row names to "
+                         '{"sampler": NAME, "options": {...}}')
+    return value
 
 
 def run_simulated(args: argparse.Namespace) -> int:
@@ -110,7 +127,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     try:
         variants = parse_variants(args.transfer_variants)
         return cmd_compare(args.config, samplers=args.samplers, seeds=args.seeds, out=args.out, as_json=args.json,
-                           jobs=args.jobs, transfer_variants=variants)
+                           jobs=args.jobs, transfer_variants=variants, variants=parse_row_variants(args.variants))
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise SystemExit(f"compare_samplers.py --pretrain: error: {exc}") from exc
 
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--simulated: the same worlds plus plateaus (a domain's loss stalls until it has seen enough of its own data)")
     parser.add_argument("--transfer-variants",
                         help="JSON {row name: transfer options}: extra transfer rows (--simulated and --pretrain)")
+    parser.add_argument("--variants", help='--pretrain: JSON {row name: {"sampler": NAME, "options": {...}}}: extra rows '
+                        "of any sampler, e.g. fixed mixtures")
     parser.add_argument("--reuse", help="--simulated: the JSON of an earlier --simulated --json run with the same worlds; "
                         "the samplers it holds are taken from it and only the others are run")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -156,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             args.samplers = None if args.samplers == parser.get_default("samplers") else args.samplers
             return run_pretrain(args)
         if args.simulated:
+            if args.variants is not None:
+                parser.error("--variants is for --pretrain (use --transfer-variants with --simulated)")
             return run_simulated(args)
     except SamplerError as exc:  # e.g. an unknown name in --samplers
         parser.error(str(exc))

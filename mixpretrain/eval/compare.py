@@ -100,16 +100,22 @@ def ensure_phantom_shards(shards: str, phantom: dict[str, Any] | None) -> None:
         write_phantom_shards(shards, doms, cases=n, size=phantom.get("size", 32), seed=int(phantom.get("seed", 0)))
 
 
-def collect_variants(bench: dict[str, Any], transfer_variants: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def collect_variants(bench: dict[str, Any], transfer_variants: dict[str, Any] | None = None,
+                     variants: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Extra table rows, {row name: {"sampler": registry name, "options": {...}}}: the bench
-    section's ``variants`` plus ``transfer_variants`` ({row name: transfer options}, the CLI's
-    ``--transfer-variants``). Why rows and not separate comparisons: a variant is then normalised
-    by the same proportional runs, and the finished runs of a comparison folder are reused."""
+    section's ``variants``, then ``variants`` (same form, the CLI's ``--variants``, e.g. fixed
+    mixtures), then ``transfer_variants`` ({row name: transfer options}, the CLI's
+    ``--transfer-variants``); a later one replaces an earlier row of the same name. Why rows and not
+    separate comparisons: a variant is then normalised by the same proportional runs, and the
+    finished runs of a comparison folder are reused."""
     from mixpretrain.samplers import available_samplers
     from mixpretrain.samplers.base import COMMON_OPTIONS
     from mixpretrain.samplers.registry import get_factory
 
     raw = dict(bench.get("variants") or {})
+    if variants is not None and not isinstance(variants, dict):
+        raise ValueError(f"--variants must map row names to {{sampler: NAME, options: {{...}}}}, got {variants!r}")
+    raw.update(variants or {})
     raw.update({name: {"sampler": "transfer", "options": opts} for name, opts in (transfer_variants or {}).items()})
     out = {}
     for name, spec in raw.items():
@@ -445,7 +451,8 @@ def plot(result: dict[str, Any], per_run: dict[str, dict], runs: list[dict], out
 def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] | None = None, seeds: int | None = None,
                    launcher: str = "python", nproc: int = 1, timeout: float | None = None,
                    overrides: list[str] | None = None, jobs: int | None = None,
-                   transfer_variants: dict[str, Any] | None = None) -> dict[str, Any]:
+                   transfer_variants: dict[str, Any] | None = None,
+                   variants: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every (sampler, seed) through the real trainer, then tabulate and plot; returns the result.
     ``jobs`` (default: the config's ``bench.jobs``, else 1) runs train at the same time; variants
     (``collect_variants``) are rows after the samplers."""
@@ -457,7 +464,7 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
     samplers = samplers or bench.get("samplers") or default_samplers()
     from mixpretrain.samplers import available_samplers
 
-    variants = collect_variants(bench, transfer_variants)
+    variants = collect_variants(bench, transfer_variants, variants)
     unknown = [s for s in samplers if s not in available_samplers() and s not in variants]
     if unknown:
         raise ValueError(f"unknown sampler(s) {unknown}; available: {', '.join(available_samplers())}"
@@ -515,12 +522,13 @@ def run_comparison(config: str | Path, out_dir: str | Path, samplers: list[str] 
 
 def cmd_compare(config: str, samplers: str | None = None, seeds: int | None = None, out: str | None = None,
                 launcher: str = "python", nproc: int = 1, as_json: bool = False, overrides: list[str] | None = None,
-                jobs: int | None = None, transfer_variants: dict[str, Any] | None = None) -> int:
+                jobs: int | None = None, transfer_variants: dict[str, Any] | None = None,
+                variants: dict[str, Any] | None = None) -> int:
     """Run the comparison and print the table (or the JSON result as the last line)."""
     out_dir = Path(out) if out else Path("outputs/bench") / Path(config).stem / "compare"
     names = [s.strip() for s in samplers.split(",") if s.strip()] if samplers else None
     result = run_comparison(config, out_dir, samplers=names, seeds=seeds, launcher=launcher, nproc=nproc,
-                            overrides=overrides, jobs=jobs, transfer_variants=transfer_variants)
+                            overrides=overrides, jobs=jobs, transfer_variants=transfer_variants, variants=variants)
     print(format_table(result))
     print(f"\nruns: {out_dir}/runs, logs: {out_dir}/logs, plots: {', '.join(result['plots'])}; wall {result['wall_s']} s")
     if as_json:

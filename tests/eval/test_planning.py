@@ -45,6 +45,13 @@ def test_variant_rows_train_their_sampler_with_merged_options(tmp_path: Path) ->
     variants = collect_variants(bench, {"band": {"steer_band": 1.25}})
     assert variants == {"t-tau1": {"sampler": "temperature", "options": {"tau": 1.0}},
                         "band": {"sampler": "transfer", "options": {"steer_band": 1.25}}}
+    # --variants (any sampler, e.g. a fixed mixture) joins them; the same name replaces the config's row
+    cli = {"c2p": {"sampler": "fixed", "options": {"weights": {"ct": 0.7, "mri": 0.3}}},
+           "t-tau1": {"sampler": "temperature", "options": {"tau": 3.0}}}
+    merged = collect_variants(bench, {"band": {"steer_band": 1.25}}, cli)
+    assert merged["c2p"] == cli["c2p"] and merged["t-tau1"]["options"] == {"tau": 3.0} and "band" in merged
+    with pytest.raises(ValueError, match="--variants must map row names"):
+        collect_variants(bench, None, [1])  # type: ignore[arg-type]
     runs = plan_runs(run, bench, ["transfer", "band", "t-tau1"], 1, tmp_path, variants)
     by_name = {r["name"]: r for r in runs}
     assert by_name["band-seed0"]["sampler"] == "band" and by_name["band-seed0"]["registry"] == "transfer"

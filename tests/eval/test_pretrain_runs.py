@@ -72,11 +72,13 @@ def test_a_variant_is_a_row_normalised_by_the_same_reference_and_finished_runs_a
     row, prop = first["samplers"]["temperature-tau1"], first["samplers"]["proportional"]
     assert row["consumed_fraction"]["ct"] == pytest.approx(prop["consumed_fraction"]["ct"], abs=0.15)
     assert all(math.isfinite(v) for v in row["normalised"].values())
-    # A second call with one more transfer row trains only that row.
-    second = run_comparison(cfg, tmp_path / "cmp", transfer_variants={"band": {"steer_band": 1.5}})
+    # A second call with one more transfer row and a fixed mixture (--variants) trains only those.
+    fixed = {"ct90": {"sampler": "fixed", "options": {"weights": {"ct": 0.9, "mri": 0.1}}}}
+    second = run_comparison(cfg, tmp_path / "cmp", transfer_variants={"band": {"steer_band": 1.5}}, variants=fixed)
     assert second["runs"]["proportional-seed0"]["status"] == "done-before"
     assert second["runs"]["temperature-tau1-seed0"]["status"] == "done-before"
-    assert second["runs"]["band-seed0"]["status"] == "ok"
+    assert second["runs"]["band-seed0"]["status"] == "ok" and second["runs"]["ct90-seed0"]["status"] == "ok"
+    assert second["samplers"]["ct90"]["consumed_fraction"]["ct"] > prop["consumed_fraction"]["ct"]
     assert second["variants"]["band"] == {"sampler": "transfer", "options": {"steer_band": 1.5}}
     assert "other_code" not in second["runs"]["proportional-seed0"]
 

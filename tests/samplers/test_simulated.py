@@ -115,6 +115,12 @@ def test_forgetting_benchmark_and_variants_from_the_command_line(capsys) -> None
     assert world["world"].endswith("-forget") and any(b > 0 for b in world["forget_beta"])
     with pytest.raises(SystemExit, match="transfer-variants"):
         mod.main(["--simulated", "--worlds", "1", "--transfer-variants", "[1, 2]"])
+    with pytest.raises(SystemExit):  # --variants (rows of any sampler) is for --pretrain
+        mod.main(["--simulated", "--worlds", "1", "--variants", "{}"])
+    with pytest.raises(SystemExit, match="--variants is not valid JSON"):
+        mod.main(["--pretrain", "--config", "configs/bench/cpu_tiny.yaml", "--variants", "{c2p"])
+    with pytest.raises(SystemExit, match="--variants must map row names"):
+        mod.main(["--pretrain", "--config", "configs/bench/cpu_tiny.yaml", "--variants", "[1]"])
     # A variant is a transfer row with its own options; the base world list is unchanged.
     result = simulate.run_benchmark(1, seed=0, samplers=("proportional", "guard_off"), intervals=12, eval_every=3,
                                     variants={"guard_off": {"harm_guard": 0.0, "family": "power"}})
