@@ -210,6 +210,12 @@ def _get(cfg: RunConfig, key: str) -> Any:
 
 
 def _validate(cfg: RunConfig) -> None:
+    from mixpretrain.data.shards import local_shards_dir
+
+    try:  # a file: URL (as webdataset takes) is the local folder it names, for every reader downstream
+        cfg.data.shards = str(local_shards_dir(cfg.data.shards))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'data.shards': {exc}", key="data.shards") from None
     for key, op, bound in _RANGES:
         value = _get(cfg, key)
         if not (math.isfinite(value) and _COMPARE[op](value, bound)):

@@ -103,3 +103,12 @@ def test_exponent_without_dot_is_a_float():
     assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
     with pytest.raises(ConfigError, match="train.lr"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_file_url_shards_become_the_local_path() -> None:
+    from mixpretrain.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"data": {"shards": "file:///data/my%20shards"}}).data.shards == "/data/my shards"
+    assert config_from_dict({"data": {"shards": "/data/shards"}}).data.shards == "/data/shards"
+    with pytest.raises(ConfigError, match="config key 'data.shards': file://nas/x: a file:// URL with host 'nas'"):
+        config_from_dict({"data": {"shards": "file://nas/x"}})

@@ -437,18 +437,37 @@ def is_url(source: Any) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
+def local_shards_dir(source: str | Path) -> str | Path:
+    """A ``file:`` URL of a local shards folder (``file:///data/shards``, ``file:/data/shards``,
+    ``file:relative/dir``, as webdataset accepts) as a path; anything else unchanged. A ``file://``
+    URL with a host other than ``localhost`` is refused: it names another machine's disk."""
+    if not isinstance(source, str) or not source.startswith("file:"):
+        return source
+    from urllib.parse import unquote, urlparse
+
+    if source.startswith("file://"):
+        url = urlparse(source)
+        if url.netloc not in ("", "localhost"):
+            raise ValueError(f"{source}: a file:// URL with host {url.netloc!r} names another machine's disk; "
+                             "use a local path (or http(s):// to stream the shards)")
+        return unquote(url.path) or "/"
+    return unquote(source[len("file:"):])
+
+
 def _base_url(url: str) -> str:
     """``http://host/shards``, ``.../shards/`` or ``.../shards/index.json`` -> ``http://host/shards/``."""
     return url[: -len(INDEX_NAME)] if url.endswith("/" + INDEX_NAME) else url.rstrip("/") + "/"
 
 
 def index_location(shards_dir: str | Path) -> str:
-    """Where the index of a shards dir (local folder or http(s) URL) is read from, for messages."""
+    """Where the index of a shards dir (local folder, ``file:`` or http(s) URL) is read from."""
+    shards_dir = local_shards_dir(shards_dir)
     return _base_url(shards_dir) + INDEX_NAME if is_url(shards_dir) else str(Path(shards_dir) / INDEX_NAME)
 
 
 def shard_location(shards_dir: str | Path, file: str) -> str:
     """Path or URL of one shard, from its ``file`` entry in index.json (``<domain>/<split>-NNNNNN.tar``)."""
+    shards_dir = local_shards_dir(shards_dir)
     return _base_url(shards_dir) + file if is_url(shards_dir) else str(Path(shards_dir) / file)
 
 
@@ -626,6 +645,7 @@ def domains(shards_dir: str | Path) -> list[str]:
 
 
 def _local_dir(shards_dir: str | Path, what: str) -> Path:
+    shards_dir = local_shards_dir(shards_dir)
     if is_url(shards_dir):
         raise ValueError(f"{what} needs a local shards folder, not the URL {shards_dir}: it reads every shard file "
                          "and its SHA-256 (run it where the shards are written or stored, or on a downloaded copy)")

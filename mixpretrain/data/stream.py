@@ -68,6 +68,7 @@ from mixpretrain.data.shards import (
     index_location,
     is_url,
     load_index,
+    local_shards_dir,
     shard_location,
 )
 
@@ -108,8 +109,11 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
 
     ``source``: a shards dir (local, read via index.json), an http(s) URL of a shards dir or of its
     index.json (any http(s) URL that is not a ``.tar`` or a pattern), one URL / path / brace pattern (``a-{000000..000003}.tar``, ``::``-separated), or
-    a list of URLs (local paths, ``http(s)://``, ``pipe:`` commands) taken as given.
+    a list of URLs (local paths, ``http(s)://``, ``pipe:`` commands) taken as given. A ``file:`` URL
+    of a shards dir is that dir (a ``file:`` URL of a shard is left to webdataset, which reads it).
     """
+    if isinstance(source, str) and source.startswith("file:") and Path(local_shards_dir(source)).is_dir():
+        source = local_shards_dir(source)
     if isinstance(source, str | Path) and Path(source).is_dir():
         if not (Path(source) / INDEX_NAME).is_file():
             raise ValueError(f"{source} is a directory without {INDEX_NAME}; pass a shards dir or a list of shard URLs")

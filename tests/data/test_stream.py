@@ -465,3 +465,18 @@ def test_http_server_stalling_mid_transfer_is_a_bad_shard_not_a_hang(
     # strict: raises, naming the URL
     with pytest.raises(ShardError, match=rf"bad shard {stalled}: OSError: .*no data for 1 s"):
         list(DomainStream(stalling_root, "ct", split="train", resampled=False, crop_size=8, strict=True))
+
+
+def test_file_url_shards_dir_is_the_local_folder(datasets: dict[int, Path]) -> None:
+    """``file:`` URLs (as webdataset accepts them) name the local shards dir: index, shard paths,
+    the stream; a file:// URL of another host is refused by name."""
+    from mixpretrain.data.shards import local_shards_dir
+
+    local = datasets[2]
+    for url in (local.as_uri(), f"file:{local}", f"file://localhost{local}"):
+        assert Path(local_shards_dir(url)) == local
+        assert load_index(url) == load_index(local)
+        assert shard_urls(url, "ct", "train") == shard_urls(local, "ct", "train")
+        assert _all_keys(url) == _all_keys(local)
+    with pytest.raises(ValueError, match="file://nas/shards: a file:// URL with host 'nas' names another machine"):
+        load_index("file://nas/shards")
