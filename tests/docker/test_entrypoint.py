@@ -46,9 +46,18 @@ def entrypoint_env(env: dict[str, str], script: Path, tmp_path: Path) -> dict[st
     return base
 
 
+def _default_interrupt_signals() -> None:
+    """The entrypoint starts as from a terminal, a scheduler or `docker run`: SIGINT/SIGQUIT at their
+    defaults. pytest itself may run with them ignored (a CI job started in the background with `&`),
+    and a shell cannot reset a signal ignored at its entry, so without this the entrypoint's own
+    reset (for its background launcher) could not be tested there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def run_entrypoint(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ENTRYPOINT), *args], env=entrypoint_env(env, script, tmp_path),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, preexec_fn=_default_interrupt_signals)
 
 
 def dry_run(args: list[str], env: dict[str, str], script: Path, tmp_path: Path) -> list[str]:
