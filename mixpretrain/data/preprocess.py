@@ -179,10 +179,8 @@ def _intensity(array: np.ndarray, mask: np.ndarray, vol: Volume, s: PreprocessSe
                  "suv_unavailable": why}
 
 
-def normalise_intensity(vol: Volume, settings: PreprocessSettings) -> tuple[np.ndarray, dict]:
-    """Step 3 alone (no crop, no resampling): the intensity recipe of ``settings`` on the whole
-    volume, with its statistics taken over the foreground as ingest takes them. Downstream
-    evaluation uses it to give task images exactly the intensities the encoder was pretrained on."""
+def _checked_foreground(vol: Volume, settings: PreprocessSettings) -> np.ndarray:
+    """Steps 1-2's checks: refuse NaN/Inf voxels and blank images; the foreground mask."""
     where = vol.meta.get("path", "volume")
     bad = int(vol.array.size - np.count_nonzero(np.isfinite(vol.array)))
     if bad:
@@ -190,7 +188,14 @@ def normalise_intensity(vol: Volume, settings: PreprocessSettings) -> tuple[np.n
     mask = _foreground_mask(vol.array, settings)
     if not mask.any():
         raise PreprocessError(f"{where}: no foreground voxels (blank image)")
-    out, info = _intensity(vol.array, mask, vol, settings)
+    return mask
+
+
+def normalise_intensity(vol: Volume, settings: PreprocessSettings) -> tuple[np.ndarray, dict]:
+    """Step 3 alone (no crop, no resampling): the intensity recipe of ``settings`` on the whole
+    volume, with its statistics taken over the foreground as ingest takes them. Downstream
+    evaluation uses it to give task images exactly the intensities the encoder was pretrained on."""
+    out, info = _intensity(vol.array, _checked_foreground(vol, settings), vol, settings)
     return np.asarray(out, dtype=np.float32), info
 
 
@@ -242,15 +247,8 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple, target: tupl
 
 def preprocess(vol: Volume, settings: PreprocessSettings) -> tuple[np.ndarray, dict]:
     """Preprocessed float32 volume (x, y, z in RAS) and the metadata that records every step."""
-    array = vol.array
     where = vol.meta.get("path", "volume")
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if bad:
-        raise PreprocessError(f"{where}: {bad} NaN/Inf voxels")
-    mask = _foreground_mask(array, settings)
-    if not mask.any():
-        raise PreprocessError(f"{where}: no foreground voxels (blank image)")
-    array, mask, box = crop_foreground(array, mask, settings.crop_margin)
+    array, mask, box = crop_foreground(vol.array, _checked_foreground(vol, settings), settings.crop_margin)
     affine = vol.affine.copy()
     affine[:3, 3] = (vol.affine @ np.array([box[0][0], box[1][0], box[2][0], 1.0]))[:3]
     array, intensity = _intensity(array, mask, vol, settings)

@@ -112,8 +112,8 @@ def resolve_source(source: str | Path | Sequence[str], domain: str, split: str) 
     a list of URLs (local paths, ``http(s)://``, ``pipe:`` commands) taken as given. A ``file:`` URL
     of a shards dir is that dir (a ``file:`` URL of a shard is left to webdataset, which reads it).
     """
-    if isinstance(source, str) and source.startswith("file:") and Path(local_shards_dir(source)).is_dir():
-        source = local_shards_dir(source)
+    if isinstance(source, str) and source.startswith("file:") and Path(local := local_shards_dir(source)).is_dir():
+        source = local
     if isinstance(source, str | Path) and Path(source).is_dir():
         if not (Path(source) / INDEX_NAME).is_file():
             raise ValueError(f"{source} is a directory without {INDEX_NAME}; pass a shards dir or a list of shard URLs")
