@@ -110,9 +110,10 @@ def _base_config_keys(plan: dict[str, Any], base_config: str | Path | None) -> l
 
 
 def _changed_base_config(plan: dict[str, Any], plan_path: Path, base_config: str | Path | None) -> list[str]:
-    """['--base-config old -> new, ...'] when the base config is another file (by the path as given
-    and as resolved) or its content changed since the plan was made; [] when it is the same, or
-    cannot be checked (a plan.json written before the fingerprint was recorded: logged)."""
+    """['--base-config old -> new, ...'] when the base config's content changed since the plan was
+    made (the same file edited, or another file); [] when the content is the same (at the same path
+    or another: logged), or cannot be checked (a plan.json written before the fingerprint was
+    recorded: logged)."""
     from mixpretrain.scaling.planner import base_config_record
 
     saved_fp = plan.get("base_config_fingerprint")
@@ -127,7 +128,11 @@ def _changed_base_config(plan: dict[str, Any], plan_path: Path, base_config: str
     other_file = (plan.get("base_config") != now["base_config"]
                   and plan.get("base_config_path") != now["base_config_path"])
     if saved_fp == now["base_config_fingerprint"]:
-        return [f"--base-config {old_path} -> {new_path}, same content"] if other_file else []
+        # Same content: the same pilots (a config moved, renamed, or in a checkout at another path).
+        if other_file:
+            log.info("%s: --base-config %s has the content %s had when the sweep was planned: resuming",
+                     plan_path, new_path, old_path)
+        return []
     keys = _base_config_keys(plan, base_config)
     what = (f"in {', '.join(keys)}" if keys
             else f"fingerprint {saved_fp} -> {now['base_config_fingerprint']}")
