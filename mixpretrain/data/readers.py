@@ -554,7 +554,16 @@ def to_ras(vol: Volume) -> Volume:
 
 
 def dicom_header(path: str | Path) -> Any:
-    """pydicom dataset of one file, without pixel data (for SUV fields)."""
+    """pydicom dataset of one file, without pixel data (for SUV fields). In a multi-frame file the
+    attributes a legacy conversion moved into the shared group's "unassigned converted attributes"
+    (highdicom's legacy-converted PET keeps Units, DecayCorrection and the radiopharmaceutical
+    there) are lifted to the top level where it has none of its own."""
     import pydicom
 
-    return pydicom.dcmread(str(path), stop_before_pixels=True)
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    for group in getattr(ds, "SharedFunctionalGroupsSequence", [])[:1]:
+        for item in getattr(group, "UnassignedSharedConvertedAttributesSequence", [])[:1]:
+            for elem in item:
+                if elem.tag not in ds:
+                    ds[elem.tag] = elem
+    return ds

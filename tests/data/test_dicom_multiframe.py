@@ -112,3 +112,41 @@ def test_missing_frames_are_a_gap(converted, tmp_path):
     (src,) = discover([_edited(converted["MR"], tmp_path / "gap", gap)])
     with pytest.raises(ReadError, match="gap in the DICOM series.*between frame 80 and frame 81"):
         read_volume(src)
+
+
+def test_legacy_converted_pet_gets_suv_from_its_converted_attributes(real_data_dir, tmp_path):
+    """highdicom's legacy-converted PET keeps Units, DecayCorrection and the radiopharmaceutical in
+    the shared group's unassigned converted attributes: SUV still comes from them, as for the series
+    of files (three real CT slices re-labelled PT, with dose/weight/timing headers)."""
+    import math
+
+    import pydicom
+    from highdicom.legacy import LegacyConvertedEnhancedPETImage
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    from mixpretrain.data.preprocess import PreprocessSettings, preprocess
+
+    slices = []
+    for i in (1, 2, 3):
+        ds = pydicom.dcmread(real_data_dir / CT_SERIES / f"{i:02d}.dcm")
+        ds.Modality, ds.SOPClassUID = "PT", "1.2.840.10008.5.1.4.1.1.128"  # PET Image Storage
+        ds.Units, ds.PatientWeight, ds.DecayCorrection, ds.SeriesTime = "BQML", 70.0, "START", "101500.000000"
+        info = Dataset()
+        info.RadionuclideTotalDose, info.RadionuclideHalfLife, info.RadiopharmaceuticalStartTime = 370e6, 6586.2, "091500.00"
+        ds.RadiopharmaceuticalInformationSequence = [info]
+        slices.append(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mf = LegacyConvertedEnhancedPETImage(slices, series_instance_uid=generate_uid(), series_number=9,
+                                             sop_instance_uid=generate_uid(), instance_number=1)
+    assert "Units" not in mf  # moved into the converted attributes
+    (tmp_path / "pet").mkdir()
+    mf.save_as(tmp_path / "pet" / "volume.dcm")
+    vol = read_volume(discover([tmp_path / "pet"])[0])
+    assert vol.meta["dicom_modality"] == "PT" and vol.meta["frames_in_file"] == 3
+    vol.array = np.clip(vol.array, 0, None)  # HU standing in for activity: keep it non-negative
+    _, meta = preprocess(vol, PreprocessSettings("pet", spacing=(4.0, 4.0, 4.0)))
+    decayed = 370e6 * math.exp(-math.log(2) * 3600 / 6586.2)
+    assert meta["intensity"]["method"] == "suv_bw"
+    assert meta["intensity"]["suv_factor"] == pytest.approx(70_000 / decayed)
