@@ -427,6 +427,18 @@ def _read_dicom_multiframe(path: Path, frames: str) -> Volume:
         raise ReadError(f"{path}: multi-frame DICOM whose frames carry different rescale slopes/intercepts "
                         f"({len(_per_frame_rescale(ds))} distinct pairs); not supported: convert it to a series of "
                         "files or to NIfTI (e.g. dcm2niix)")
+    positions = _frame_positions(ds)
+    if positions is None:
+        # Without a position per frame the frames may not be slices at all (a cine loop, an
+        # angiography run, NM projections), and a volume's slice step cannot be checked: refused.
+        raise ReadError(f"{path}: multi-frame DICOM ({int(ds.NumberOfFrames)} frames) without a position per frame "
+                        "(PerFrameFunctionalGroupsSequence / PlanePositionSequence): its frames cannot be placed as "
+                        "the slices of a volume (a cine loop or projections?); convert it to NIfTI if it is one")
+    stacks = len(positions) - len(np.unique(np.round(positions, 3), axis=0))
+    if stacks:
+        raise ReadError(f"{path}: multi-frame DICOM with {stacks} of its {len(positions)} frames at a position "
+                        "another frame already has: several stacks in one file (time points, echoes, b-values?); "
+                        "ingest reads one 3-D stack per file")
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
         img = sitk.ReadImage(str(path), sitk.sitkFloat32)  # float: the rescaled values may be fractional
@@ -440,19 +452,11 @@ def _read_dicom_multiframe(path: Path, frames: str) -> Volume:
     if bits is not None and rep is not None:
         meta["source_dtype"] = f"{int(bits)}-bit {'signed' if int(rep) == 1 else 'unsigned'} integer"
     vol = _sitk_to_volume(img, path, frames, meta)
-    positions = _frame_positions(ds)
-    if positions is None or len(positions) != vol.array.shape[2]:
-        meta["frame_positions"] = "not recorded per frame: slice step as GDCM read it"
-        log.warning("%s: the frames of this multi-frame DICOM record no positions; the slice step is GDCM's "
-                    "(%.3f mm), unchecked", path, vol.spacing[2])
-    else:
-        stacks = len(positions) - len(np.unique(np.round(positions, 3), axis=0))
-        if stacks:
-            raise ReadError(f"{path}: multi-frame DICOM with {stacks} of its {len(positions)} frames at a position "
-                            "another frame already has: several stacks in one file (time points, echoes, b-values?); "
-                            "ingest reads one 3-D stack per file")
-        vol = _fix_slice_geometry(_with_frame_geometry(vol, ds, path, positions), positions, meta,
-                                  [f"frame {i + 1}" for i in range(len(positions))])
+    if len(positions) != vol.array.shape[2]:
+        raise ReadError(f"{path}: multi-frame DICOM with {len(positions)} frame positions but {vol.array.shape[2]} "
+                        "slices as read")
+    vol = _fix_slice_geometry(_with_frame_geometry(vol, ds, path, positions), positions, meta,
+                              [f"frame {i + 1}" for i in range(len(positions))])
     vol.meta["first_file"] = str(path)
     return vol
 

@@ -150,3 +150,14 @@ def test_legacy_converted_pet_gets_suv_from_its_converted_attributes(real_data_d
     decayed = 370e6 * math.exp(-math.log(2) * 3600 / 6586.2)
     assert meta["intensity"]["method"] == "suv_bw"
     assert meta["intensity"]["suv_factor"] == pytest.approx(70_000 / decayed)
+
+
+def test_frames_without_positions_are_refused(converted, tmp_path):
+    """Frames that record no position may not be slices at all (a cine loop, projections)."""
+    def drop_positions(ds):
+        for g in ds.PerFrameFunctionalGroupsSequence:
+            del g.PlanePositionSequence
+
+    (src,) = discover([_edited(converted["MR"], tmp_path / "cine", drop_positions)])
+    with pytest.raises(ReadError, match=r"volume.dcm: multi-frame DICOM \(120 frames\) without a position per frame"):
+        read_volume(src)
