@@ -6,6 +6,7 @@ import functools
 import http.server
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,30 @@ class QuietHTTPHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def legacy_multiframe(series: Path, out: Path, modality: str) -> Path:
+    """A real DICOM series converted to one Legacy Converted Enhanced CT/MR Image file
+    (highdicom), saved as ``out/volume.dcm``."""
+    import pydicom
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
+
+    cls = {"CT": LegacyConvertedEnhancedCTImage, "MR": LegacyConvertedEnhancedMRImage}[modality]
+    datasets = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the de-identified patient names are single-component
+        mf = cls(datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=99,
+                 sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    out.mkdir(parents=True)
+    path = out / "volume.dcm"
+    mf.save_as(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def multiframe_from() -> Callable[[Path, Path, str], Path]:
+    """``legacy_multiframe`` for tests in any package (conftest is not importable as a module)."""
+    return legacy_multiframe
 
 
 @pytest.fixture()

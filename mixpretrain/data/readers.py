@@ -514,8 +514,6 @@ def _with_frame_geometry(vol: Volume, ds: Any, path: Path, positions: np.ndarray
 
 def read_volume(src: ScanSource | str | Path, frames: str = "error") -> Volume:
     """Read one scan and reorient it to RAS. ``frames``: "error" (4-D input raises) or "first"."""
-    import nibabel as nib
-
     if not isinstance(src, ScanSource):
         src = ScanSource(Path(src))
     if frames not in ("error", "first"):
@@ -536,13 +534,62 @@ def read_volume(src: ScanSource | str | Path, frames: str = "error") -> Volume:
             vol = _read_itk_file(src.path, frames)
         else:
             raise ReadError(f"{src.path}: unknown scan format")
+    return _finish(vol, str(src))
+
+
+def _finish(vol: Volume, name: str) -> Volume:
+    """The source's shape, orientation and spacing recorded in ``meta``, then the array in RAS."""
+    import nibabel as nib
+
     if vol.array.size == 0:
-        raise ReadError(f"{src}: image has no voxels")
-    vol.meta["path"] = str(src)
+        raise ReadError(f"{name}: image has no voxels")
+    vol.meta["path"] = name
     vol.meta["source_shape"] = list(vol.array.shape)
     vol.meta["source_orientation"] = "".join(nib.aff2axcodes(vol.affine))
     vol.meta["source_spacing"] = list(vol.spacing)
     return to_ras(vol)
+
+
+def is_dicom_path(path: str | Path) -> bool:
+    """A folder (read as a DICOM series folder) or a DICOM file: what ``read_dicom_path`` takes."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and not scan_suffix(path) and _is_dicom_file(path))
+
+
+def read_dicom_path(path: str | Path, frames: str = "error") -> Volume:
+    """One DICOM volume named by one path, for tools that take an image per path (``eval``): a
+    folder that holds exactly one DICOM series, or one multi-frame DICOM file. Read as ingest reads
+    it (tilt, uneven steps, gaps, multi-frame geometry, SUV headers in ``meta``), in RAS."""
+    path = Path(path)
+    if path.is_dir():
+        if not any(f.is_file() and not scan_suffix(f) and _is_dicom_file(f) for f in path.iterdir()):
+            raise ReadError(f"{path}: a folder without DICOM files; an image path is a scan file, a DICOM series "
+                            "folder or a multi-frame DICOM file")
+        sources = _dicom_series(path)
+        series = [s for s in sources if not s.left_out]
+        left_out = [s for s in sources if s.left_out]
+        for s in left_out:  # counted and logged: the series is read without them
+            log.warning("%s: %s", s.path, s.problem)
+        if not series:
+            why = f" ({len(left_out)} DICOM file(s), none usable: {left_out[0].problem})" if left_out else ""
+            raise ReadError(f"{path}: folder holds no DICOM series{why}; an image path is a scan file, a DICOM "
+                            "series folder or a multi-frame DICOM file")
+        if len(series) > 1:
+            raise ReadError(f"{path}: folder holds {len(series)} DICOM series (UIDs {', '.join(str(s.series_uid) for s in series)}); "
+                            "give each series its own folder")
+        return read_volume(series[0], frames)
+    if not path.is_file():
+        raise ReadError(f"{path}: does not exist")
+    import pydicom
+
+    try:
+        frames_in_file = int(pydicom.dcmread(str(path), stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+    except Exception as exc:  # pydicom raises many types for garbled files
+        raise ReadError(f"{path}: unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if frames_in_file < 2:
+        raise ReadError(f"{path}: a single-frame DICOM file is one 2-D slice; give the folder of its series "
+                        f"({path.parent}) instead")
+    return _finish(_read_dicom_multiframe(path, frames), str(path))
 
 
 def to_ras(vol: Volume) -> Volume:

@@ -1,7 +1,8 @@
 """Shared pieces of the downstream tasks: encoder loading, MONAI data loading, small helpers.
 
-Images are read with MONAI's ``LoadImaged`` (NIfTI, NRRD, MHA, DICOM ... whatever MONAI reads),
-made channel-first, reoriented to RAS (the orientation of the pretraining shards), optionally
+Images are read with MONAI's ``LoadImage`` (NIfTI, NRRD, MHA ... whatever MONAI reads; DICOM, a
+series folder or one multi-frame file, with ingest's own reader, ``read_image``), made
+channel-first, reoriented to RAS (the orientation of the pretraining shards), optionally
 intensity-normalised (``intensity``: ``none`` when the images are already preprocessed like the
 shards — e.g. phantom tasks or volumes exported after ``mixpretrain ingest`` — ``ingest`` for the
 recipe recorded in the encoder export for one pretraining domain, run by ingest's own code
@@ -181,21 +182,17 @@ def _recipe_settings(recipe: dict[str, Any]) -> Any:
     return PreprocessSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in names})
 
 
-def _apply_recipe(image: Any, path: str | Path, settings: Any) -> torch.Tensor:
-    """ingest's intensity step on one channel-first image as read (C = 1). A DICOM series keeps
-    its first file, so PET gets SUV from its headers as at ingest."""
+def _apply_recipe(image: Any, path: str | Path, settings: Any, meta: dict[str, Any] | None) -> torch.Tensor:
+    """ingest's intensity step on one channel-first image as read (C = 1). ``meta``: the reader's
+    for a DICOM image (``read_image``), which names its first file, so PET gets SUV from its
+    headers as at ingest."""
     from mixpretrain.data.preprocess import normalise_intensity
     from mixpretrain.data.readers import Volume
 
     t = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     if t.shape[0] != 1:
         raise ValueError(f"image {path}: {t.shape[0]} channels; --intensity ingest expects one")
-    meta: dict[str, Any] = {"path": str(path), "format": "other"}
-    if Path(path).is_dir():
-        import SimpleITK as sitk
-
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-        meta.update(format="dicom", first_file=files[0] if files else None)
+    meta = dict(meta or {"path": str(path), "format": "other"})
     arr = t[0].detach().cpu().numpy().astype(np.float32)
     out, _ = normalise_intensity(Volume(arr, np.eye(4), (1.0, 1.0, 1.0), meta), settings)
     return torch.from_numpy(out)[None]
@@ -239,6 +236,29 @@ def check_label_values(label: Any, path: str | Path, n_classes: int) -> None:
                          f"{allowed}")
 
 
+def read_image(path: str | Path, monai_reader: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(channel-first RAS MetaTensor, the reader's meta or None) of one image path.
+
+    DICOM (a series folder, or one multi-frame file) is read by ingest's reader
+    (:func:`mixpretrain.data.readers.read_dicom_path`): the same tilt, slice-gap and multi-frame
+    geometry handling and the same SUV headers as the pretraining data had (MONAI's readers take a
+    folder as one series without those checks, and GDCM's geometry of a converted multi-frame CT
+    was wrong, docs/data.md). Every other file goes through ``monai_reader`` (LoadImage, RAS)."""
+    from monai.data import MetaTensor
+
+    from mixpretrain.data.readers import ReadError, is_dicom_path, read_dicom_path
+
+    if not is_dicom_path(path):
+        return monai_reader(str(path)), None
+    try:
+        vol = read_dicom_path(path)
+    except ReadError as exc:
+        raise ValueError(str(exc)) from exc
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol.array))[None], affine=torch.as_tensor(vol.affine),
+                       meta={"filename_or_obj": str(path)})
+    return image, vol.meta
+
+
 def load_volumes(
     items: list[dict[str, str]],
     img_size: Sequence[int],
@@ -260,15 +280,11 @@ def load_volumes(
     keys = ["image", "label"] if with_label else ["image"]
     for item in items:
         for key in keys:
-            if not Path(item[key]).is_file():
+            if not Path(item[key]).exists():
                 raise FileNotFoundError(f"{key} file {item[key]} does not exist")
     with _quiet_nvimgcodec():
-        reader = mt.LoadImaged(keys, image_only=False)
-    load = mt.Compose([
-        reader,
-        mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS", labels=None),
-    ])
+        monai_reader = mt.Compose([mt.LoadImage(image_only=True, ensure_channel_first=True),
+                                   mt.Orientation(axcodes="RAS", labels=None)])
     modes = ["trilinear", "nearest"] if with_label else ["trilinear"]
     recipe = intensity if isinstance(intensity, dict) else None
     settings = _recipe_settings(recipe) if recipe and not recipe.get("phantom") else None
@@ -279,7 +295,9 @@ def load_volumes(
     ])
     out = []
     for item in items:
-        data = load(dict(item))
+        data, metas = dict(item), {}
+        for key in keys:
+            data[key], metas[key] = read_image(item[key], monai_reader)
         if with_label:
             ishape, lshape = tuple(data["image"].shape[1:]), tuple(data["label"].shape[1:])
             if ishape != lshape:
@@ -287,7 +305,7 @@ def load_volumes(
             if n_classes is not None:
                 check_label_values(data["label"], item["label"], n_classes)
         if settings is not None:
-            data["image"] = _apply_recipe(data["image"], item["image"], settings)
+            data["image"] = _apply_recipe(data["image"], item["image"], settings, metas["image"])
         data = post(data)
         data["image"] = data["image"].float()
         if with_label:

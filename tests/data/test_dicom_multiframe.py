@@ -16,28 +16,11 @@ CT_SERIES = "ct/dcmqa_ct_GE_head_tilt_dicom"  # 28 slices: gantry tilt, uneven s
 MR_SERIES = "mri/niivue_VS-SEG-001_T1Gd_dicom"  # 120 slices, regular
 
 
-def _convert(series: Path, out: Path, modality: str) -> Path:
-    """The series as one Legacy Converted Enhanced CT/MR Image file (highdicom)."""
-    import pydicom
-    from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
-
-    cls = {"CT": LegacyConvertedEnhancedCTImage, "MR": LegacyConvertedEnhancedMRImage}[modality]
-    datasets = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the de-identified patient names are single-component
-        mf = cls(datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=99,
-                 sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
-    out.mkdir(parents=True)
-    path = out / "volume.dcm"
-    mf.save_as(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def converted(real_data_dir, tmp_path_factory) -> dict[str, Path]:
+def converted(real_data_dir, tmp_path_factory, multiframe_from) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("multiframe")
-    return {"CT": _convert(real_data_dir / CT_SERIES, root / "ct", "CT"),
-            "MR": _convert(real_data_dir / MR_SERIES, root / "mr", "MR")}
+    return {"CT": multiframe_from(real_data_dir / CT_SERIES, root / "ct", "CT"),
+            "MR": multiframe_from(real_data_dir / MR_SERIES, root / "mr", "MR")}
 
 
 @pytest.mark.parametrize(("modality", "series"), [("MR", MR_SERIES), ("CT", CT_SERIES)])

@@ -1,0 +1,62 @@
+"""DICOM images in the downstream tasks: a series folder or one multi-frame file is read by ingest's
+reader (the same geometry and SUV headers as the pretraining data), on real scans; a path that is
+not one DICOM volume is refused with the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixpretrain.data.readers import discover, read_volume
+from mixpretrain.eval.common import load_volumes, read_image
+
+CT_SERIES = "ct/dcmqa_ct_GE_head_tilt_dicom"  # gantry tilt and uneven steps: corrected as at ingest
+MR_SERIES = "mri/niivue_VS-SEG-001_T1Gd_dicom"
+SIZE = (16, 16, 16)
+
+
+def _resized(array: np.ndarray) -> torch.Tensor:
+    from monai.transforms import Resize
+
+    return Resize(SIZE, mode="trilinear")(torch.from_numpy(array)[None]).as_tensor()
+
+
+def test_series_folder_reads_as_ingest_reads_it(real_data_dir: Path) -> None:
+    folder = real_data_dir / CT_SERIES
+    vol = read_volume(discover([folder])[0])
+    image, meta = read_image(folder, monai_reader=None)  # a DICOM path never reaches MONAI's reader
+    np.testing.assert_array_equal(image.as_tensor()[0].numpy(), vol.array)
+    np.testing.assert_allclose(image.affine.numpy(), vol.affine)
+    assert meta["gantry_tilt_deg"] == pytest.approx(vol.meta["gantry_tilt_deg"])
+    assert Path(meta["first_file"]).parent == folder  # PET would get its SUV headers from it
+    (item,) = load_volumes([{"image": str(folder)}], SIZE)
+    assert item["image"].shape == (1, *SIZE)
+    np.testing.assert_allclose(item["image"].numpy(), _resized(vol.array).numpy(), rtol=1e-6, atol=1e-3)
+
+
+def test_multiframe_file_reads_as_its_series(real_data_dir: Path, tmp_path: Path, multiframe_from) -> None:
+    path = multiframe_from(real_data_dir / MR_SERIES, tmp_path / "mr", "MR")
+    from_file, from_folder = load_volumes([{"image": str(path)}, {"image": str(real_data_dir / MR_SERIES)}], SIZE)
+    np.testing.assert_allclose(from_file["image"].numpy(), from_folder["image"].numpy(), atol=1e-3)
+
+
+def test_paths_that_are_not_one_dicom_volume_are_refused(real_data_dir: Path, tmp_path: Path) -> None:
+    one_slice = real_data_dir / CT_SERIES / "01.dcm"
+    with pytest.raises(ValueError, match=r"01.dcm: a single-frame DICOM file is one 2-D slice; give the folder of its series"):
+        load_volumes([{"image": str(one_slice)}], SIZE)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty: a folder without DICOM files"):
+        load_volumes([{"image": str(empty)}], SIZE)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(real_data_dir / CT_SERIES, mixed)
+    for f in sorted((real_data_dir / MR_SERIES).iterdir())[:3]:
+        shutil.copy(f, mixed / f"mr_{f.name}")
+    with pytest.raises(ValueError, match=r"mixed: folder holds 2 DICOM series .*give each series its own folder"):
+        load_volumes([{"image": str(mixed)}], SIZE)
+    with pytest.raises(FileNotFoundError, match="image file .*nowhere does not exist"):
+        load_volumes([{"image": str(tmp_path / "nowhere")}], SIZE)
