@@ -60,3 +60,19 @@ def test_paths_that_are_not_one_dicom_volume_are_refused(real_data_dir: Path, tm
         load_volumes([{"image": str(mixed)}], SIZE)
     with pytest.raises(FileNotFoundError, match="image file .*nowhere does not exist"):
         load_volumes([{"image": str(tmp_path / "nowhere")}], SIZE)
+
+
+def test_classify_reads_dicom_series_folders_next_to_nifti(real_data_dir: Path, tmp_path: Path) -> None:
+    """`eval classify` on a CSV whose images are real DICOM series folders and NIfTI files."""
+    from mixpretrain.eval.classify import ClassifyConfig, run_classification
+    from mixpretrain.models import build_mae, save_encoder
+
+    enc = save_encoder(build_mae("custom", img_size=SIZE[0], patch_size=8, width=32, depth=2, heads=2), tmp_path / "enc.pt")
+    rows = [(real_data_dir / CT_SERIES, 1, "train"), (real_data_dir / "ct/niivue_CT_AVM.nii.gz", 1, "train"),
+            (real_data_dir / MR_SERIES, 0, "train"), (real_data_dir / "mri/totalseg_example_mr_sm.nii.gz", 0, "train"),
+            (real_data_dir / "ct/totalseg_example_ct_sm.nii.gz", 1, "val"), (real_data_dir / "mri/niivue_chris_MRA.nii.gz", 0, "val")]
+    csv_path = tmp_path / "images.csv"
+    csv_path.write_text("image,label,split\n" + "".join(f"{p},{label},{split}\n" for p, label, split in rows))
+    result = run_classification(enc, csv_path, ClassifyConfig(mode="probe", probe_steps=5, batch_size=2, intensity="zscore"))
+    assert result["n_train"] == 4 and result["n_val"] == 2
+    assert 0.0 <= result["probe"]["accuracy"] <= 1.0
