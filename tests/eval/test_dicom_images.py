@@ -76,3 +76,28 @@ def test_classify_reads_dicom_series_folders_next_to_nifti(real_data_dir: Path, 
     result = run_classification(enc, csv_path, ClassifyConfig(mode="probe", probe_steps=5, batch_size=2, intensity="zscore"))
     assert result["n_train"] == 4 and result["n_val"] == 2
     assert 0.0 <= result["probe"]["accuracy"] <= 1.0
+
+
+def test_segment_takes_a_dicom_series_folder_with_a_nifti_label(real_data_dir: Path, tmp_path: Path) -> None:
+    """`eval segment`: DICOM series folders as images, NIfTI labels on the grid ingest's reader
+    gives them (here: a body mask thresholded from the image itself)."""
+    import json
+
+    import nibabel as nib
+
+    from mixpretrain.eval.segment import SegmentConfig, run_segmentation
+    from mixpretrain.models import build_mae, save_encoder
+
+    enc = save_encoder(build_mae("custom", img_size=SIZE[0], patch_size=8, width=32, depth=3, heads=2), tmp_path / "enc.pt")
+    (tmp_path / "labelsTr").mkdir()
+    training = []
+    for i, series in enumerate((CT_SERIES, MR_SERIES)):
+        vol = read_volume(discover([real_data_dir / series])[0])
+        mask = (vol.array > np.percentile(vol.array, 60)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, vol.affine), tmp_path / "labelsTr" / f"case_{i}.nii.gz")
+        training.append({"image": str(real_data_dir / series), "label": f"labelsTr/case_{i}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "name": "dicom", "labels": {"0": "background", "1": "body"}, "training": training[:1], "validation": training[1:]}))
+    result = run_segmentation(enc, tmp_path, SegmentConfig(steps=1, batch_size=1, feature_size=8))
+    assert result["n_train"] == 1 and result["n_val"] == 1
+    assert 0.0 <= result["pretrained"]["dice"]["body"] <= 1.0
