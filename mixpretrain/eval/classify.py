@@ -229,6 +229,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
         load_volumes,
         pick_device,
         resolve_intensity,
+        scale_report,
         seed_everything,
     )
     from .splits import check_train_has_classes
@@ -251,13 +252,17 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     img_size = list(probe_enc.img_size)
     intensity = resolve_intensity(cfg.intensity, cfg.intensity_domain, probe_enc.export_meta, encoder_path)
     t0 = time.perf_counter()
-    x_train, y_train = _stack(load_volumes(train, img_size, intensity), train)
-    x_val, y_val = _stack(load_volumes(val, img_size, intensity), val)
+    vols = {"train": load_volumes(train, img_size, intensity), "val": load_volumes(val, img_size, intensity)}
+    x_train, y_train = _stack(vols["train"], train)
+    x_val, y_val = _stack(vols["val"], val)
     data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    scale = scale_report(vols["train"] + vols["val"], probe_enc.export_meta)
+    if "note" in scale:
+        log.warning("classification: %s", scale["note"])
     result: dict[str, Any] = {
         "encoder": str(encoder_path), "data": str(csv_path), "img_size": img_size, "intensity": intensity,
         "n_train": len(train), "n_val": len(val), "n_classes": len(labels), "config": asdict(cfg),
-        "load_s": round(time.perf_counter() - t0, 2),
+        "scale": scale, "load_s": round(time.perf_counter() - t0, 2),
     }
     for mode in modes:
         t0 = time.perf_counter()

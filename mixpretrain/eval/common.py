@@ -259,6 +259,47 @@ def read_image(path: str | Path, monai_reader: Any) -> tuple[Any, dict[str, Any]
     return image, vol.meta
 
 
+def voxel_mm_after_resize(image: Any, img_size: Sequence[int]) -> list[float]:
+    """The voxel size (mm) an image reaches the encoder at once resized whole to ``img_size``:
+    its extent (shape x spacing from its affine) over the image size."""
+    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    extent = spacing * np.asarray(image.shape[1:], dtype=np.float64)
+    return [round(float(v), 3) for v in extent / np.asarray(img_size, dtype=np.float64)]
+
+
+# A task whose voxels reach the encoder more than this factor (per axis) off every pretraining
+# spacing sees anatomy at another physical scale than the encoder learnt from: reported.
+SCALE_WARN_FACTOR = 2.0
+
+
+def scale_report(volumes: Sequence[dict[str, Any]], export_meta: dict[str, Any]) -> dict[str, Any]:
+    """The voxel sizes the task's images reach the encoder at (median, min, max per axis) next to
+    the spacing of each pretraining domain the export records; ``note`` when the median is more than
+    ``SCALE_WARN_FACTOR`` off the nearest of them on some axis. Why: eval resizes whole images to
+    the encoder size, while pretraining crops were taken at the domain spacing, so a 512 x 512
+    CT resized to 64^3 reaches the encoder at 8x coarser voxels than a 1 mm pretraining."""
+    vox = np.array([v["voxel_mm"] for v in volumes], dtype=np.float64)
+    median = np.median(vox, axis=0)
+    report: dict[str, Any] = {"voxel_mm_median": [round(float(v), 3) for v in median],
+                              "voxel_mm_min": [round(float(v), 3) for v in vox.min(axis=0)],
+                              "voxel_mm_max": [round(float(v), 3) for v in vox.max(axis=0)]}
+    spacings = {d: [float(x) for x in r["spacing"]] for d, r in (export_meta.get("preprocessing") or {}).items()
+                if isinstance(r, dict) and r.get("spacing")}
+    report["pretraining_spacing_mm"] = spacings
+    if not spacings:
+        return report
+    off = {d: float(np.max(np.abs(np.log(median / np.asarray(sp))))) for d, sp in spacings.items()}
+    nearest = min(off, key=off.get)
+    if off[nearest] > np.log(SCALE_WARN_FACTOR):
+        report["note"] = (f"task images reach the encoder at about {'x'.join(f'{v:g}' for v in report['voxel_mm_median'])} mm "
+                          f"voxels (median; resized whole to the encoder size), more than {SCALE_WARN_FACTOR:g}x off the "
+                          f"nearest pretraining spacing ({nearest}: {'x'.join(f'{v:g}' for v in spacings[nearest])} mm): the "
+                          "encoder sees anatomy at another physical scale than it learnt; crop or resample the images to "
+                          "about the pretraining field of view first (docs/eval.md)")
+    return report
+
+
 def load_volumes(
     items: list[dict[str, str]],
     img_size: Sequence[int],
@@ -306,6 +347,7 @@ def load_volumes(
                 check_label_values(data["label"], item["label"], n_classes)
         if settings is not None:
             data["image"] = _apply_recipe(data["image"], item["image"], settings, metas["image"])
+        data["voxel_mm"] = voxel_mm_after_resize(data["image"], img_size)  # before the resize drops the affine
         data = post(data)
         data["image"] = data["image"].float()
         if with_label:

@@ -256,6 +256,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
         load_volumes,
         pick_device,
         resolve_intensity,
+        scale_report,
         seed_everything,
     )
     from .splits import check_train_has_classes
@@ -281,11 +282,12 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     check_train_has_classes(present["train"], present["val"], data_dir, classes, "validation")
     notes = [f"{classes[c]}: no validation case has it (Dice undefined, left out of mean_dice)"
              for c in range(1, len(classes)) if c not in present["val"]]
-    for note in notes:
+    scale = scale_report(vols["train"] + vols["val"], enc.export_meta)  # its note is printed with the result's
+    for note in notes + ([scale["note"]] if "note" in scale else []):
         log.warning("segmentation: %s", note)
     result: dict[str, Any] = {
         "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "intensity": intensity,
-        "classes": classes,
+        "classes": classes, "scale": scale,
         "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "loss": f"DiceCELoss({LOSS})",
         "load_s": round(time.perf_counter() - t0, 2),
     }

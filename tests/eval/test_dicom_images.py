@@ -67,7 +67,8 @@ def test_classify_reads_dicom_series_folders_next_to_nifti(real_data_dir: Path, 
     from mixpretrain.eval.classify import ClassifyConfig, run_classification
     from mixpretrain.models import build_mae, save_encoder
 
-    enc = save_encoder(build_mae("custom", img_size=SIZE[0], patch_size=8, width=32, depth=2, heads=2), tmp_path / "enc.pt")
+    enc = save_encoder(build_mae("custom", img_size=SIZE[0], patch_size=8, width=32, depth=2, heads=2), tmp_path / "enc.pt",
+                       extra_meta={"preprocessing": {"ct": {"modality": "ct", "spacing": [1.5, 1.5, 1.5]}}})
     rows = [(real_data_dir / CT_SERIES, 1, "train"), (real_data_dir / "ct/niivue_CT_AVM.nii.gz", 1, "train"),
             (real_data_dir / MR_SERIES, 0, "train"), (real_data_dir / "mri/totalseg_example_mr_sm.nii.gz", 0, "train"),
             (real_data_dir / "ct/totalseg_example_ct_sm.nii.gz", 1, "val"), (real_data_dir / "mri/niivue_chris_MRA.nii.gz", 0, "val")]
@@ -76,6 +77,9 @@ def test_classify_reads_dicom_series_folders_next_to_nifti(real_data_dir: Path, 
     result = run_classification(enc, csv_path, ClassifyConfig(mode="probe", probe_steps=5, batch_size=2, intensity="zscore"))
     assert result["n_train"] == 4 and result["n_val"] == 2
     assert 0.0 <= result["probe"]["accuracy"] <= 1.0
+    # Whole scans resized to 16 voxels reach the encoder at 7-15 mm voxels, not 1.5 mm: reported.
+    assert min(result["scale"]["voxel_mm_median"]) > 5
+    assert "more than 2x off the nearest pretraining spacing (ct: 1.5x1.5x1.5 mm)" in result["scale"]["note"]
 
 
 def test_segment_takes_a_dicom_series_folder_with_a_nifti_label(real_data_dir: Path, tmp_path: Path) -> None:
