@@ -66,8 +66,8 @@ def _common(p: argparse.ArgumentParser, data_help: str, batch_size: int) -> None
                         "(the recipe the export records for --domain, run by ingest's code), or a fixed "
                         "approximation: ct (phantom window -200..300 HU), zscore, percentile (default: none)")
     p.add_argument("--domain", default=None,
-                   help="with --intensity ingest: the pretraining domain whose recipe the images get "
-                        "(default: the export's only domain)")
+                   help="with --intensity ingest (and segment's --spacing export): the pretraining domain whose "
+                        "recipe (spacing) the images get (default: the export's only domain)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"batch size (default: {batch_size})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
@@ -121,6 +121,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--feature-size", type=_positive_int, default=16,
                    help="decoder width at full resolution (default: %(default)s)")
     s.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    s.add_argument("--spacing", default=None,
+                   help="none (default: resize whole images to the encoder size) | export (resample to the spacing the "
+                        "export records for the pretraining domain, --domain when it has several) | X,Y,Z mm: volumes keep "
+                        "their size at that spacing, training takes crops of the encoder size (half centred on "
+                        "foreground), Dice is scored on whole volumes by sliding window")
     s.add_argument("--compare-scratch", action="store_true",
                    help="also train the same model from scratch, side by side, and print the ratio")
     s.set_defaults(func=_segment)
@@ -186,9 +191,10 @@ def _segment(args: argparse.Namespace) -> int:
     from .segment import SegmentConfig, run_segmentation
 
     cfg = SegmentConfig(steps=args.steps, lr=args.lr, encoder_lr=args.encoder_lr, feature_size=args.feature_size,
-                        freeze_encoder=args.freeze_encoder, **_base_kwargs(args))
+                        freeze_encoder=args.freeze_encoder, spacing=args.spacing, **_base_kwargs(args))
     result = run_segmentation(args.encoder, args.data, cfg, compare_scratch=args.compare_scratch)
-    lines = [f"segmentation on {args.data} ({result['n_train']} train, {result['n_val']} val), {args.steps} steps"]
+    at = f", at {'x'.join(f'{v:g}' for v in result['spacing'])} mm by crops" if result.get("spacing") else ""
+    lines = [f"segmentation on {args.data} ({result['n_train']} train, {result['n_val']} val), {args.steps} steps{at}"]
     for init in ("pretrained", "scratch"):
         if init in result:
             r = result[init]

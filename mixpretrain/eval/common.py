@@ -165,11 +165,40 @@ def resolve_intensity(mode: str, domain: str | None, meta: dict[str, Any], where
         raise ValueError(f"intensity mode {mode!r} unknown; valid: {', '.join(INTENSITY_MODES)}")
     if mode != "ingest":
         if domain is not None:
-            raise ValueError(f"--domain {domain!r} applies to --intensity ingest only (got --intensity {mode})")
+            raise ValueError(f"--domain {domain!r} applies to --intensity ingest (and segment's --spacing export) only "
+                             f"(got --intensity {mode})")
         return mode
     recipe = ingest_recipe(meta, domain, where)
     log.info("task images get the intensity recipe of pretraining domain %s: %s", recipe["domain"], describe_recipe(recipe))
     return recipe
+
+
+def resolve_spacing(value: str | Sequence[float] | None, domain: str | None, meta: dict[str, Any],
+                    where: str | Path) -> tuple[float, float, float] | None:
+    """``--spacing``: None / "none" (resize whole images), "export" (the spacing the export records
+    for the pretraining domain, ``--domain`` when it has several) or "X,Y,Z" / "S" in mm."""
+    if value is None or value == "none":
+        return None
+    if value == "export":
+        recipes = meta.get("preprocessing") or {}
+        if not any(isinstance(r, dict) and r.get("spacing") for r in recipes.values()):
+            raise ValueError(f"--spacing export: encoder {where} records no pretraining spacing (exported before "
+                             "exports recorded the preprocessing); give --spacing X,Y,Z in mm")
+        if domain is None and len(recipes) > 1:
+            raise ValueError(f"--spacing export: encoder {where} was pretrained on {len(recipes)} domains "
+                             f"({', '.join(sorted(recipes))}); pass --domain NAME, the domain whose spacing to use")
+        recipe = ingest_recipe(meta, domain, where)
+        log.info("task images resampled to pretraining domain %s's spacing %s mm", recipe["domain"], recipe["spacing"])
+        return tuple(float(v) for v in recipe["spacing"])  # type: ignore[return-value]
+    try:
+        parts = [float(v) for v in value.split(",")] if isinstance(value, str) else [float(v) for v in value]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or not all(np.isfinite(v) and v > 0 for v in parts):
+        raise ValueError(f"--spacing {value!r}: expected none, export, or 1 or 3 positive numbers in mm (e.g. 1.5 or 0.8,0.8,2.5)")
+    return tuple(parts)  # type: ignore[return-value]
 
 
 def _recipe_settings(recipe: dict[str, Any]) -> Any:
@@ -293,10 +322,10 @@ def scale_report(volumes: Sequence[dict[str, Any]], export_meta: dict[str, Any])
     nearest = min(off, key=off.get)
     if off[nearest] > np.log(SCALE_WARN_FACTOR):
         report["note"] = (f"task images reach the encoder at about {'x'.join(f'{v:g}' for v in report['voxel_mm_median'])} mm "
-                          f"voxels (median; resized whole to the encoder size), more than {SCALE_WARN_FACTOR:g}x off the "
+                          f"voxels (median), more than {SCALE_WARN_FACTOR:g}x off the "
                           f"nearest pretraining spacing ({nearest}: {'x'.join(f'{v:g}' for v in spacings[nearest])} mm): the "
-                          "encoder sees anatomy at another physical scale than it learnt; crop or resample the images to "
-                          "about the pretraining field of view first (docs/eval.md)")
+                          "encoder sees anatomy at another physical scale than it learnt (segment: --spacing export; "
+                          "otherwise crop or resample the images first, docs/eval.md)")
     return report
 
 
@@ -306,8 +335,13 @@ def load_volumes(
     intensity: str | dict[str, Any] = "none",
     with_label: bool = False,
     n_classes: int | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Read every item ``{"image": path[, "label": path]}`` with MONAI; returns tensors (C, D, H, W).
+
+    Without ``spacing`` every image is resized whole to ``img_size``. With ``spacing`` (mm) it is
+    resampled to that spacing instead (labels: nearest neighbour) and padded to at least
+    ``img_size``: the volumes keep their own sizes, for crops and a sliding window (segment).
 
     Image and label must have the same spatial shape on disk: a mismatch is an error naming both
     files, never a silent resample of the label. With ``n_classes``, every label voxel must hold a
@@ -331,7 +365,9 @@ def load_volumes(
     settings = _recipe_settings(recipe) if recipe and not recipe.get("phantom") else None
     post = mt.Compose([
         *([] if recipe else _intensity_transform(["image"], intensity)),
-        mt.Resized(keys, spatial_size=tuple(img_size), mode=modes),
+        *([mt.Resized(keys, spatial_size=tuple(img_size), mode=modes)] if spacing is None else
+          [mt.Spacingd(keys, pixdim=tuple(spacing), mode=["bilinear", "nearest"][:len(keys)]),
+           mt.SpatialPadd(keys, spatial_size=tuple(img_size))]),
         mt.EnsureTyped(keys, data_type="tensor", track_meta=False),
     ])
     out = []
@@ -345,9 +381,14 @@ def load_volumes(
                 raise ValueError(f"image {item['image']} has shape {ishape} but its label {item['label']} has shape {lshape}")
             if n_classes is not None:
                 check_label_values(data["label"], item["label"], n_classes)
+        data["voxel_mm"] = (voxel_mm_after_resize(data["image"], img_size) if spacing is None
+                            else [round(float(v), 3) for v in spacing])
         if settings is not None:
-            data["image"] = _apply_recipe(data["image"], item["image"], settings, metas["image"])
-        data["voxel_mm"] = voxel_mm_after_resize(data["image"], img_size)  # before the resize drops the affine
+            from monai.data import MetaTensor
+
+            image = data["image"]  # the recipe's output keeps the image's affine (Spacingd needs it)
+            data["image"] = MetaTensor(_apply_recipe(image, item["image"], settings, metas["image"]),
+                                       affine=image.affine, meta={k: v for k, v in image.meta.items() if k != "affine"})
         data = post(data)
         data["image"] = data["image"].float()
         if with_label:

@@ -58,6 +58,9 @@ class SegmentConfig:
     seed: int = 0
     device: str = "auto"
     scratch: bool = False  # same architecture, random init (baseline)
+    # None: resize whole images to the encoder size; "export" (the pretraining domain's recorded
+    # spacing) or "X,Y,Z" mm: resample, train on crops of the encoder size, score by sliding window
+    spacing: str | None = None
 
 
 def read_decathlon(root: str | Path) -> tuple[list[dict], list[dict], dict[int, str]]:
@@ -162,7 +165,29 @@ def build_unetr(encoder: Any, out_channels: int, feature_size: int = 16) -> Any:
     return EncoderUNETR()
 
 
-def _train(model: Any, x: Any, y: Any, cfg: SegmentConfig, device: Any) -> list[float]:
+def _crop_sampler(img_size: list[int], seed: int) -> Any:
+    """Random crops of the encoder size, half of them centred on a foreground voxel (MONAI's
+    positive/negative sampling, so small lesions are seen), for volumes kept at their own size."""
+    from monai import transforms as mt
+
+    crop = mt.RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=img_size, pos=1, neg=1,
+                                     num_samples=1, allow_smaller=False)
+    crop.set_random_state(seed)
+    return crop
+
+
+def _batch(x: Any, y: Any, idx: Any, crop: Any) -> tuple[Any, Any]:
+    """The cases ``idx`` as a batch: stacked whole volumes, or one random crop of each."""
+    import torch
+
+    if crop is None:
+        return x[idx], y[idx]
+    crops = [crop({"image": x[i], "label": y[i]})[0] for i in idx.tolist()]
+    as_tensor = lambda t: t.as_tensor() if hasattr(t, "as_tensor") else t  # noqa: E731
+    return (torch.stack([as_tensor(c["image"]) for c in crops]), torch.stack([as_tensor(c["label"]) for c in crops]))
+
+
+def _train(model: Any, x: Any, y: Any, cfg: SegmentConfig, device: Any, crop: Any = None) -> list[float]:
     import torch
     from monai.losses import DiceCELoss
 
@@ -179,17 +204,35 @@ def _train(model: Any, x: Any, y: Any, cfg: SegmentConfig, device: Any) -> list[
     for _ in range(cfg.steps):
         idx = torch.as_tensor(rng.choice(len(x), size=min(cfg.batch_size, len(x)), replace=False))
         opt.zero_grad()
-        loss = loss_fn(model(x[idx].to(device)), y[idx].to(device))
+        xb, yb = _batch(x, y, idx, crop)
+        loss = loss_fn(model(xb.to(device)), yb.to(device))
         loss.backward()
         opt.step()
         losses.append(loss.item())
     return losses
 
 
-def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, device: Any) -> dict[str, list]:
+def _predictions(model: Any, x: Any, y: Any, batch_size: int, device: Any, roi: list[int] | None) -> Any:
+    """(predicted classes, truth) per batch: stacked volumes in batches, or (``roi``) each volume
+    whole by MONAI's sliding window of the encoder size."""
+    if roi is None:
+        for i in range(0, len(x), batch_size):
+            yield model(x[i : i + batch_size].to(device)).argmax(1), y[i : i + batch_size, 0]
+        return
+    from monai.inferers import sliding_window_inference
+
+    for xi, yi in zip(x, y, strict=True):
+        logits = sliding_window_inference(xi[None].to(device), roi_size=roi, sw_batch_size=batch_size,
+                                          predictor=model, overlap=0.25, mode="gaussian")
+        yield logits.argmax(1), yi[None, 0]
+
+
+def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, device: Any,
+                   roi: list[int] | None = None) -> dict[str, list]:
     """Per foreground class 1..K-1: ``dice`` (mean over the cases whose truth has the class; NaN if
     none has it), ``cases`` (how many cases that is) and ``false_positive_cases`` (cases without the
-    class in which it was predicted: MONAI's ``ignore_empty`` leaves them out of Dice).
+    class in which it was predicted: MONAI's ``ignore_empty`` leaves them out of Dice). ``roi``:
+    volumes of their own sizes (a list), each scored whole by a sliding window of that size.
 
     The NaN is set here from the truth counts: MONAI's ``mean_batch`` reduction returns 0.0 for a
     class whose every case was ignored, which would pull the mean over classes down."""
@@ -201,10 +244,9 @@ def dice_per_class(model: Any, x: Any, y: Any, n_classes: int, batch_size: int, 
     false_pos = torch.zeros(n_classes - 1, dtype=torch.long)
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            pred = model(x[i : i + batch_size].to(device)).argmax(1)
+        for pred, truth in _predictions(model, x, y, batch_size, device, roi):
             onehot = lambda t: torch.nn.functional.one_hot(t, n_classes).permute(0, 4, 1, 2, 3)  # noqa: E731
-            p, t = onehot(pred).cpu(), onehot(y[i : i + batch_size, 0])
+            p, t = onehot(pred).cpu(), onehot(truth)
             metric(p, t)
             has_t, has_p = t[:, 1:].flatten(2).any(2), p[:, 1:].flatten(2).any(2)  # (batch, K-1)
             present += has_t.sum(0)
@@ -223,8 +265,10 @@ def _fit_and_score(encoder_path: str | Path, data: dict, classes: dict[int, str]
     enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=scratch)
     model = build_unetr(enc, len(classes), cfg.feature_size).to(device)
     t0 = time.perf_counter()
-    losses = _train(model, data["x_train"], data["y_train"], cfg, device)
-    scores = dice_per_class(model, data["x_val"], data["y_val"], len(classes), cfg.batch_size, device)
+    roi = data.get("roi")  # set when the volumes keep their own sizes (--spacing)
+    crop = _crop_sampler(roi, cfg.seed) if roi else None
+    losses = _train(model, data["x_train"], data["y_train"], cfg, device, crop)
+    scores = dice_per_class(model, data["x_val"], data["y_val"], len(classes), cfg.batch_size, device, roi)
     dice = scores["dice"]
     finite = [d for d in dice if np.isfinite(d)]
     return {
@@ -256,6 +300,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
         load_volumes,
         pick_device,
         resolve_intensity,
+        resolve_spacing,
         scale_report,
         seed_everything,
     )
@@ -269,16 +314,21 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     train, val, classes = read_decathlon(data_dir)
     enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size)
     img_size = list(enc.img_size)
-    intensity = resolve_intensity(cfg.intensity, cfg.intensity_domain, enc.export_meta, encoder_path)
+    # --domain names the recipe of --intensity ingest and/or the spacing of --spacing export
+    intensity_domain = cfg.intensity_domain if cfg.intensity == "ingest" or cfg.spacing != "export" else None
+    intensity = resolve_intensity(cfg.intensity, intensity_domain, enc.export_meta, encoder_path)
+    spacing = resolve_spacing(cfg.spacing, cfg.intensity_domain, enc.export_meta, encoder_path)
     t0 = time.perf_counter()
     # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
-    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes))
+    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes), spacing=spacing)
             for name, items in (("train", train), ("val", val))}
-    data = {}
+    data: dict[str, Any] = {"roi": img_size} if spacing else {}
     for name, v in vols.items():
-        data[f"x_{name}"] = torch.stack([d["image"] for d in v])
-        data[f"y_{name}"] = torch.stack([d["label"] for d in v])
-    present = {name: set(torch.unique(data[f"y_{name}"]).tolist()) for name in vols}
+        # Whole-resized volumes share a size and stack; resampled ones keep their own sizes.
+        gather = (lambda ts: list(ts)) if spacing else torch.stack  # noqa: E731
+        data[f"x_{name}"] = gather([d["image"] for d in v])
+        data[f"y_{name}"] = gather([d["label"] for d in v])
+    present = {name: set().union(*(torch.unique(d["label"]).tolist() for d in v)) for name, v in vols.items()}
     check_train_has_classes(present["train"], present["val"], data_dir, classes, "validation")
     notes = [f"{classes[c]}: no validation case has it (Dice undefined, left out of mean_dice)"
              for c in range(1, len(classes)) if c not in present["val"]]
@@ -287,7 +337,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
         log.warning("segmentation: %s", note)
     result: dict[str, Any] = {
         "encoder": str(encoder_path), "data": str(data_dir), "img_size": img_size, "intensity": intensity,
-        "classes": classes, "scale": scale,
+        "classes": classes, "spacing": list(spacing) if spacing else None, "scale": scale,
         "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "loss": f"DiceCELoss({LOSS})",
         "load_s": round(time.perf_counter() - t0, 2),
     }

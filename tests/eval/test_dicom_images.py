@@ -82,7 +82,8 @@ def test_classify_reads_dicom_series_folders_next_to_nifti(real_data_dir: Path, 
     assert "more than 2x off the nearest pretraining spacing (ct: 1.5x1.5x1.5 mm)" in result["scale"]["note"]
 
 
-def test_segment_takes_a_dicom_series_folder_with_a_nifti_label(real_data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spacing", [None, "8"])
+def test_segment_takes_a_dicom_series_folder_with_a_nifti_label(real_data_dir: Path, tmp_path: Path, spacing) -> None:
     """`eval segment`: DICOM series folders as images, NIfTI labels on the grid ingest's reader
     gives them (here: a body mask thresholded from the image itself)."""
     import json
@@ -102,6 +103,8 @@ def test_segment_takes_a_dicom_series_folder_with_a_nifti_label(real_data_dir: P
         training.append({"image": str(real_data_dir / series), "label": f"labelsTr/case_{i}.nii.gz"})
     (tmp_path / "dataset.json").write_text(json.dumps({
         "name": "dicom", "labels": {"0": "background", "1": "body"}, "training": training[:1], "validation": training[1:]}))
-    result = run_segmentation(enc, tmp_path, SegmentConfig(steps=1, batch_size=1, feature_size=8))
+    result = run_segmentation(enc, tmp_path, SegmentConfig(steps=1, batch_size=1, feature_size=8, spacing=spacing))
     assert result["n_train"] == 1 and result["n_val"] == 1
+    if spacing:  # resampled to 8 mm: whole volumes of their own size, scored by sliding window
+        assert result["spacing"] == [8.0, 8.0, 8.0] and result["scale"]["voxel_mm_median"] == [8.0, 8.0, 8.0]
     assert 0.0 <= result["pretrained"]["dice"]["body"] <= 1.0

@@ -77,7 +77,7 @@ def test_resolve_intensity_errors(tmp_path: Path) -> None:
         resolve_intensity("ingest", "pet", {"preprocessing": two}, "enc.pt")
     with pytest.raises(ValueError, match="records no preprocessing per domain"):
         resolve_intensity("ingest", None, {}, "enc.pt")
-    with pytest.raises(ValueError, match="applies to --intensity ingest only"):
+    with pytest.raises(ValueError, match="applies to --intensity ingest .and segment.s --spacing export. only"):
         resolve_intensity("ct", "ct", {"preprocessing": two}, "enc.pt")
     assert resolve_intensity("ingest", "mri", {"preprocessing": two}, "enc.pt")["ct_window"] == [-1000.0, 1000.0]
     assert resolve_intensity("ingest", None, {"preprocessing": {"ct": two["ct"]}}, "enc.pt")["domain"] == "ct"
@@ -112,3 +112,15 @@ def test_classify_cli_with_ingest_intensity(tmp_path: Path, capsys: pytest.Captu
     rc = cli_main(["eval", "classify", "--encoder", str(real), "--data", str(tasks / "classification.csv"),
                    "--mode", "probe", "--device", "cpu", "--intensity", "ingest"])
     assert rc == 2 and "needs --domain NAME" in capsys.readouterr().err
+
+
+def test_a_recipe_keeps_the_image_geometry(real_data_dir: Path) -> None:
+    """The recipe's output keeps the image's affine: the scale report and --spacing resampling
+    read it (a plain tensor would read as 1 mm voxels)."""
+    path = real_data_dir / "ct" / "totalseg_example_ct_sm.nii.gz"
+    vol = read_volume(path)
+    extent = np.array(vol.spacing) * np.array(vol.array.shape)
+    (resized,) = load_volumes([{"image": str(path)}], [SIZE] * 3, {"domain": "ct", **_recipe("ct")})
+    np.testing.assert_allclose(resized["voxel_mm"], extent / SIZE, rtol=1e-3)
+    (resampled,) = load_volumes([{"image": str(path)}], [SIZE] * 3, {"domain": "ct", **_recipe("ct")}, spacing=(6.0, 6.0, 6.0))
+    assert abs(resampled["image"].shape[1] - extent[0] / 6.0) <= 1.5
