@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class ClassifyConfig:
     seed: int = 0
     device: str = "auto"
     scratch: bool = False  # same architecture, random init (baseline)
+    # None: resize whole images to the encoder size; "export" (the pretraining domain's recorded
+    # spacing) or "X,Y,Z" mm: resample, pad/crop all to one size, the encoder's position grid rebuilt for it
+    spacing: str | None = None
 
 
 SPLITS = {"train": "train", "val": "val", "validation": "val"}  # the split column's values (lower case)
@@ -145,6 +149,23 @@ def _stack(volumes: list[dict], items: list[dict]) -> tuple[Any, Any]:
     return torch.stack([v["image"] for v in volumes]), torch.tensor([it["label"] for it in items])
 
 
+def common_size(volumes: list[dict], patch_size: Sequence[int]) -> list[int]:
+    """One input size for volumes resampled to a spacing: per axis the largest, rounded up to a
+    multiple of the patch size (the encoder's token grid)."""
+    largest = np.max([v["image"].shape[1:] for v in volumes], axis=0)
+    return [int(-(-int(n) // int(p)) * int(p)) for n, p in zip(largest, patch_size, strict=True)]
+
+
+def _to_size(volumes: list[dict], size: list[int]) -> None:
+    """Centre pad / crop every image to ``size`` in place (MONAI ResizeWithPadOrCrop)."""
+    from monai.transforms import ResizeWithPadOrCrop
+
+    fit = ResizeWithPadOrCrop(size)
+    for v in volumes:
+        out = fit(v["image"])
+        v["image"] = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+
+
 def _features(encoder: Any, x: Any, device: Any, batch_size: int) -> Any:
     import torch
 
@@ -229,6 +250,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
         load_volumes,
         pick_device,
         resolve_intensity,
+        resolve_spacing,
         scale_report,
         seed_everything,
     )
@@ -250,18 +272,31 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     check_train_has_classes({it["label"] for it in train}, {it["label"] for it in val}, csv_path)
     probe_enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=cfg.scratch)
     img_size = list(probe_enc.img_size)
-    intensity = resolve_intensity(cfg.intensity, cfg.intensity_domain, probe_enc.export_meta, encoder_path)
+    meta = probe_enc.export_meta
+    # --domain names the recipe of --intensity ingest and/or the spacing of --spacing export
+    intensity_domain = cfg.intensity_domain if cfg.intensity == "ingest" or cfg.spacing != "export" else None
+    intensity = resolve_intensity(cfg.intensity, intensity_domain, meta, encoder_path)
+    spacing = resolve_spacing(cfg.spacing, cfg.intensity_domain, meta, encoder_path)
     t0 = time.perf_counter()
-    vols = {"train": load_volumes(train, img_size, intensity), "val": load_volumes(val, img_size, intensity)}
+    vols = {name: load_volumes(items, img_size, intensity, spacing=spacing) for name, items in (("train", train), ("val", val))}
+    if spacing:
+        # Whole volumes at the spacing, one size for all (--img-size, or the largest rounded up to
+        # the patch grid); the encoder's sin-cos position grid is rebuilt for that size.
+        if cfg.img_size is None:
+            img_size = common_size(vols["train"] + vols["val"], probe_enc.patch_size)
+            torch.manual_seed(cfg.seed)
+            probe_enc = load_pretrained(encoder_path, cfg.patch_size, img_size, scratch=cfg.scratch)
+        _to_size(vols["train"] + vols["val"], img_size)
+        log.info("classification at %s mm: volumes padded / cropped to %s voxels", list(spacing), img_size)
     x_train, y_train = _stack(vols["train"], train)
     x_val, y_val = _stack(vols["val"], val)
     data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
-    scale = scale_report(vols["train"] + vols["val"], probe_enc.export_meta)
+    scale = scale_report(vols["train"] + vols["val"], meta)
     if "note" in scale:
         log.warning("classification: %s", scale["note"])
     result: dict[str, Any] = {
         "encoder": str(encoder_path), "data": str(csv_path), "img_size": img_size, "intensity": intensity,
-        "n_train": len(train), "n_val": len(val), "n_classes": len(labels), "config": asdict(cfg),
+        "spacing": list(spacing) if spacing else None, "n_train": len(train), "n_val": len(val), "n_classes": len(labels), "config": asdict(cfg),
         "scale": scale, "load_s": round(time.perf_counter() - t0, 2),
     }
     for mode in modes:
@@ -271,7 +306,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
         else:  # fine-tuning changes the weights: a fresh copy of the encoder, built right after seeding
             # so that a --scratch init does not depend on whether the probe ran first (--mode both / finetune)
             torch.manual_seed(cfg.seed)
-            enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, cfg.scratch)
+            enc = load_pretrained(encoder_path, cfg.patch_size, img_size, cfg.scratch)
         fn = linear_probe if mode == "probe" else finetune
         result[mode] = {**fn(enc.to(device), data, len(labels), cfg, device), "seconds": round(time.perf_counter() - t0, 2)}
         log.info("classification %s: %s", mode, result[mode])

@@ -68,6 +68,12 @@ def _common(p: argparse.ArgumentParser, data_help: str, batch_size: int) -> None
     p.add_argument("--domain", default=None,
                    help="with --intensity ingest (and segment's --spacing export): the pretraining domain whose "
                         "recipe (spacing) the images get (default: the export's only domain)")
+    p.add_argument("--spacing", default=None,
+                   help="none (default: resize whole images to the encoder size) | export (resample to the spacing the "
+                        "export records for the pretraining domain, --domain when it has several) | X,Y,Z mm. At a "
+                        "spacing, segment trains on crops of the encoder size (half centred on foreground) and scores "
+                        "whole volumes by sliding window; classify pads / crops all volumes to one size and rebuilds "
+                        "the encoder's position grid for it")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"batch size (default: {batch_size})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
@@ -121,11 +127,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--feature-size", type=_positive_int, default=16,
                    help="decoder width at full resolution (default: %(default)s)")
     s.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
-    s.add_argument("--spacing", default=None,
-                   help="none (default: resize whole images to the encoder size) | export (resample to the spacing the "
-                        "export records for the pretraining domain, --domain when it has several) | X,Y,Z mm: volumes keep "
-                        "their size at that spacing, training takes crops of the encoder size (half centred on "
-                        "foreground), Dice is scored on whole volumes by sliding window")
     s.add_argument("--compare-scratch", action="store_true",
                    help="also train the same model from scratch, side by side, and print the ratio")
     s.set_defaults(func=_segment)
@@ -145,7 +146,7 @@ def _synth_tasks(args: argparse.Namespace) -> int:
 def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw = dict(patch_size=args.patch_size, img_size=args.img_size, intensity=args.intensity,
               intensity_domain=args.domain,
-              seed=args.seed, device=args.device, scratch=args.scratch)
+              seed=args.seed, device=args.device, scratch=args.scratch, spacing=args.spacing)
     if args.batch_size is not None:
         kw["batch_size"] = args.batch_size
     return kw
@@ -180,7 +181,9 @@ def _classify(args: argparse.Namespace) -> int:
     cfg = ClassifyConfig(mode=args.mode, probe_steps=args.probe_steps, finetune_steps=args.finetune_steps,
                          finetune_lr=args.lr, **_base_kwargs(args))
     result = run_classification(args.encoder, args.data, cfg)
-    lines = [f"classification on {args.data} ({result['n_train']} train, {result['n_val']} val), encoder {args.encoder}"]
+    at = f", at {'x'.join(f'{v:g}' for v in result['spacing'])} mm, {'x'.join(map(str, result['img_size']))} voxels" \
+        if result.get("spacing") else ""
+    lines = [f"classification on {args.data} ({result['n_train']} train, {result['n_val']} val), encoder {args.encoder}{at}"]
     lines += [f"  {m:9s} accuracy {_fmt(result[m]['accuracy'])}  AUC {_fmt(result[m]['auc'])}  ({result[m]['seconds']} s)"
               for m in ("probe", "finetune") if m in result]
     _emit(result, args, lines)
@@ -191,7 +194,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .segment import SegmentConfig, run_segmentation
 
     cfg = SegmentConfig(steps=args.steps, lr=args.lr, encoder_lr=args.encoder_lr, feature_size=args.feature_size,
-                        freeze_encoder=args.freeze_encoder, spacing=args.spacing, **_base_kwargs(args))
+                        freeze_encoder=args.freeze_encoder, **_base_kwargs(args))
     result = run_segmentation(args.encoder, args.data, cfg, compare_scratch=args.compare_scratch)
     at = f", at {'x'.join(f'{v:g}' for v in result['spacing'])} mm by crops" if result.get("spacing") else ""
     lines = [f"segmentation on {args.data} ({result['n_train']} train, {result['n_val']} val), {args.steps} steps{at}"]

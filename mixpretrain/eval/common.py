@@ -324,8 +324,8 @@ def scale_report(volumes: Sequence[dict[str, Any]], export_meta: dict[str, Any])
         report["note"] = (f"task images reach the encoder at about {'x'.join(f'{v:g}' for v in report['voxel_mm_median'])} mm "
                           f"voxels (median), more than {SCALE_WARN_FACTOR:g}x off the "
                           f"nearest pretraining spacing ({nearest}: {'x'.join(f'{v:g}' for v in spacings[nearest])} mm): the "
-                          "encoder sees anatomy at another physical scale than it learnt (segment: --spacing export; "
-                          "otherwise crop or resample the images first, docs/eval.md)")
+                          "encoder sees anatomy at another physical scale than it learnt (--spacing export resamples to it, "
+                          "docs/eval.md)")
     return report
 
 

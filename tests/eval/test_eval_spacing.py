@@ -1,5 +1,5 @@
-"""`eval segment --spacing`: volumes resampled to a spacing keep their own sizes, training takes
-crops of the encoder size and Dice is scored on whole volumes by sliding window."""
+"""`eval segment|classify --spacing`: volumes resampled to a spacing keep their own sizes; segment takes
+crops of the encoder size and scores whole volumes by sliding window, classify pads them to one size."""
 
 from __future__ import annotations
 
@@ -89,3 +89,20 @@ def test_cli_spacing(tasks: Path, encoder: Path, capsys: pytest.CaptureFixture) 
                      "--spacing", "1,2"])
     assert code == 2 and "--spacing '1,2'" in capsys.readouterr().err
     assert json.loads((tasks / "dataset.json").read_text())["labels"]["4"] == "lesion"
+
+
+def test_classify_at_the_pretraining_spacing(tasks: Path, encoder: Path, capsys: pytest.CaptureFixture) -> None:
+    """classify --spacing: whole volumes at the spacing, padded to one size on the patch grid, the
+    encoder's position grid rebuilt for it."""
+    from mixpretrain.eval.classify import ClassifyConfig, run_classification
+
+    result = run_classification(encoder, tasks / "classification.csv",
+                                ClassifyConfig(mode="both", probe_steps=3, finetune_steps=1, batch_size=2, spacing="5"))
+    # 32 voxels of 10 mm at 5 mm: 63 voxels, rounded up to the 8-voxel patch grid
+    assert result["spacing"] == [5.0, 5.0, 5.0] and result["img_size"] == [64, 64, 64]
+    assert 0.0 <= result["probe"]["accuracy"] <= 1.0 and 0.0 <= result["finetune"]["accuracy"] <= 1.0
+    assert "more than 2x off the nearest pretraining spacing (ct: 20x20x20 mm)" in result["scale"]["note"]
+    code = cli_main(["eval", "classify", "--encoder", str(encoder), "--data", str(tasks / "classification.csv"),
+                     "--mode", "probe", "--probe-steps", "2", "--spacing", "export"])
+    out = capsys.readouterr().out
+    assert code == 0 and ", at 20x20x20 mm, 16x16x16 voxels" in out
