@@ -38,7 +38,7 @@ class ClassifyConfig:
     patch_size: int | None = None  # expected patch size; None: the export's
     img_size: list[int] | None = None  # None: the export's image size
     intensity: str = "none"  # none | ct | zscore | percentile | ingest (the export's recorded recipe)
-    intensity_domain: str | None = None  # ingest: whose recipe (None: the export's only domain)
+    intensity_domain: str | None = None  # --domain: whose recipe (ingest) and spacing (spacing "export"); None: the only one
     probe_steps: int = 300
     probe_lr: float = 1e-2
     finetune_steps: int = 50
@@ -249,8 +249,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
         load_pretrained,
         load_volumes,
         pick_device,
-        resolve_intensity,
-        resolve_spacing,
+        resolve_inputs,
         scale_report,
         seed_everything,
     )
@@ -273,10 +272,7 @@ def run_classification(encoder_path: str | Path, csv_path: str | Path, cfg: Clas
     probe_enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size, scratch=cfg.scratch)
     img_size = list(probe_enc.img_size)
     meta = probe_enc.export_meta
-    # --domain names the recipe of --intensity ingest and/or the spacing of --spacing export
-    intensity_domain = cfg.intensity_domain if cfg.intensity == "ingest" or cfg.spacing != "export" else None
-    intensity = resolve_intensity(cfg.intensity, intensity_domain, meta, encoder_path)
-    spacing = resolve_spacing(cfg.spacing, cfg.intensity_domain, meta, encoder_path)
+    intensity, spacing = resolve_inputs(cfg.intensity, cfg.spacing, cfg.intensity_domain, meta, encoder_path)
     t0 = time.perf_counter()
     vols = {name: load_volumes(items, img_size, intensity, spacing=spacing) for name, items in (("train", train), ("val", val))}
     if spacing:

@@ -173,6 +173,16 @@ def resolve_intensity(mode: str, domain: str | None, meta: dict[str, Any], where
     return recipe
 
 
+def resolve_inputs(intensity: str, spacing: str | None, domain: str | None, meta: dict[str, Any],
+                   where: str | Path) -> tuple[str | dict[str, Any], tuple[float, float, float] | None]:
+    """(intensity, spacing) of ``--intensity`` / ``--spacing`` for one export. ``--domain`` names
+    the recipe of ``--intensity ingest`` and/or the spacing of ``--spacing export``; given with
+    neither, ``resolve_intensity`` refuses it."""
+    intensity_domain = domain if intensity == "ingest" or spacing != "export" else None
+    return (resolve_intensity(intensity, intensity_domain, meta, where),
+            resolve_spacing(spacing, domain, meta, where))
+
+
 def resolve_spacing(value: str | Sequence[float] | None, domain: str | None, meta: dict[str, Any],
                     where: str | Path) -> tuple[float, float, float] | None:
     """``--spacing``: None / "none" (resize whole images), "export" (the spacing the export records
@@ -305,9 +315,10 @@ SCALE_WARN_FACTOR = 2.0
 def scale_report(volumes: Sequence[dict[str, Any]], export_meta: dict[str, Any]) -> dict[str, Any]:
     """The voxel sizes the task's images reach the encoder at (median, min, max per axis) next to
     the spacing of each pretraining domain the export records; ``note`` when the median is more than
-    ``SCALE_WARN_FACTOR`` off the nearest of them on some axis. Why: eval resizes whole images to
-    the encoder size, while pretraining crops were taken at the domain spacing, so a 512 x 512
-    CT resized to 64^3 reaches the encoder at 8x coarser voxels than a 1 mm pretraining."""
+    ``SCALE_WARN_FACTOR`` off the nearest of them on some axis. Why: without ``--spacing`` eval
+    resizes whole images to the encoder size, while pretraining crops were taken at the domain
+    spacing, so a 512 x 512 CT resized to 64^3 reaches the encoder at 8x coarser voxels than a 1 mm
+    pretraining."""
     vox = np.array([v["voxel_mm"] for v in volumes], dtype=np.float64)
     median = np.median(vox, axis=0)
     report: dict[str, Any] = {"voxel_mm_median": [round(float(v), 3) for v in median],
@@ -351,6 +362,7 @@ def load_volumes(
     since phantom task images are synthesised already normalised.
     """
     from monai import transforms as mt
+    from monai.data import MetaTensor
 
     keys = ["image", "label"] if with_label else ["image"]
     for item in items:
@@ -384,8 +396,6 @@ def load_volumes(
         data["voxel_mm"] = (voxel_mm_after_resize(data["image"], img_size) if spacing is None
                             else [round(float(v), 3) for v in spacing])
         if settings is not None:
-            from monai.data import MetaTensor
-
             image = data["image"]  # the recipe's output keeps the image's affine (Spacingd needs it)
             data["image"] = MetaTensor(_apply_recipe(image, item["image"], settings, metas["image"]),
                                        affine=image.affine, meta={k: v for k, v in image.meta.items() if k != "affine"})

@@ -47,7 +47,7 @@ class SegmentConfig:
     patch_size: int | None = None  # expected patch size; None: the export's
     img_size: list[int] | None = None  # None: the export's image size
     intensity: str = "none"  # none | ct | zscore | percentile | ingest (the export's recorded recipe)
-    intensity_domain: str | None = None  # ingest: whose recipe (None: the export's only domain)
+    intensity_domain: str | None = None  # --domain: whose recipe (ingest) and spacing (spacing "export"); None: the only one
     steps: int = 100
     batch_size: int = 2
     lr: float = 1e-3  # decoder
@@ -299,8 +299,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
         load_pretrained,
         load_volumes,
         pick_device,
-        resolve_intensity,
-        resolve_spacing,
+        resolve_inputs,
         scale_report,
         seed_everything,
     )
@@ -314,10 +313,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     train, val, classes = read_decathlon(data_dir)
     enc = load_pretrained(encoder_path, cfg.patch_size, cfg.img_size)
     img_size = list(enc.img_size)
-    # --domain names the recipe of --intensity ingest and/or the spacing of --spacing export
-    intensity_domain = cfg.intensity_domain if cfg.intensity == "ingest" or cfg.spacing != "export" else None
-    intensity = resolve_intensity(cfg.intensity, intensity_domain, enc.export_meta, encoder_path)
-    spacing = resolve_spacing(cfg.spacing, cfg.intensity_domain, enc.export_meta, encoder_path)
+    intensity, spacing = resolve_inputs(cfg.intensity, cfg.spacing, cfg.intensity_domain, enc.export_meta, encoder_path)
     t0 = time.perf_counter()
     # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
     vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes), spacing=spacing)

@@ -3,7 +3,6 @@ crops of the encoder size and scores whole volumes by sliding window, classify p
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -88,7 +87,6 @@ def test_cli_spacing(tasks: Path, encoder: Path, capsys: pytest.CaptureFixture) 
     code = cli_main(["eval", "segment", "--encoder", str(encoder), "--data", str(tasks), "--steps", "1",
                      "--spacing", "1,2"])
     assert code == 2 and "--spacing '1,2'" in capsys.readouterr().err
-    assert json.loads((tasks / "dataset.json").read_text())["labels"]["4"] == "lesion"
 
 
 def test_classify_at_the_pretraining_spacing(tasks: Path, encoder: Path, capsys: pytest.CaptureFixture) -> None:
