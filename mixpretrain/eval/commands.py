@@ -127,6 +127,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--feature-size", type=_positive_int, default=16,
                    help="decoder width at full resolution (default: %(default)s)")
     s.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    s.add_argument("--resample-labels", action="store_true",
+                   help="resample a label that is on another voxel grid than its image (a cropped ROI, another "
+                        "spacing or origin) onto the image grid by their affines, nearest neighbour (default: such a "
+                        "label is an error naming both files)")
     s.add_argument("--compare-scratch", action="store_true",
                    help="also train the same model from scratch, side by side, and print the ratio")
     s.set_defaults(func=_segment)
@@ -194,7 +198,8 @@ def _segment(args: argparse.Namespace) -> int:
     from .segment import SegmentConfig, run_segmentation
 
     cfg = SegmentConfig(steps=args.steps, lr=args.lr, encoder_lr=args.encoder_lr, feature_size=args.feature_size,
-                        freeze_encoder=args.freeze_encoder, **_base_kwargs(args))
+                        freeze_encoder=args.freeze_encoder, resample_labels=args.resample_labels,
+                        **_base_kwargs(args))
     result = run_segmentation(args.encoder, args.data, cfg, compare_scratch=args.compare_scratch)
     at = f", at {'x'.join(f'{v:g}' for v in result['spacing'])} mm by crops" if result.get("spacing") else ""
     lines = [f"segmentation on {args.data} ({result['n_train']} train, {result['n_val']} val), {args.steps} steps{at}"]

@@ -61,6 +61,9 @@ class SegmentConfig:
     # None: resize whole images to the encoder size; "export" (the pretraining domain's recorded
     # spacing) or "X,Y,Z" mm: resample, train on crops of the encoder size, score by sliding window
     spacing: str | None = None
+    # A label on another voxel grid than its image: False = error naming both files; True =
+    # resample the label onto the image grid (nearest neighbour, by the two affines), reported
+    resample_labels: bool = False
 
 
 def read_decathlon(root: str | Path) -> tuple[list[dict], list[dict], dict[int, str]]:
@@ -316,7 +319,8 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     intensity, spacing = resolve_inputs(cfg.intensity, cfg.spacing, cfg.intensity_domain, enc.export_meta, encoder_path)
     t0 = time.perf_counter()
     # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
-    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes), spacing=spacing)
+    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes), spacing=spacing,
+                               resample_labels=cfg.resample_labels)
             for name, items in (("train", train), ("val", val))}
     data: dict[str, Any] = {"roi": img_size} if spacing else {}
     for name, v in vols.items():
@@ -337,6 +341,12 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
         "n_train": len(train), "n_val": len(val), "config": asdict(cfg), "loss": f"DiceCELoss({LOSS})",
         "load_s": round(time.perf_counter() - t0, 2),
     }
+    resampled = [d["label_resampled"] for v in vols.values() for d in v if "label_resampled" in d]
+    if resampled:
+        result["labels_resampled"] = resampled
+        notes.append(f"{len(resampled)} of {len(train) + len(val)} labels were on another voxel grid than their image "
+                     "and were resampled onto it (nearest neighbour; labels_resampled lists them with each class's "
+                     "volume kept)")
     if notes:
         result["notes"] = notes
     runs = [cfg.scratch] + ([True] if compare_scratch and not cfg.scratch else [])

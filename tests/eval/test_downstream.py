@@ -193,7 +193,7 @@ def test_image_label_shape_mismatch(tasks: Path, encoder: Path, tmp_path: Path) 
     data = _copy(tasks, tmp_path)
     target = data / "labelsTr/case_0001.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, SIZE - 2), np.uint8), np.eye(4)), str(target))
-    with pytest.raises(ValueError, match=r"case_0001.nii.gz has shape \(16, 16, 16\) but its label .* \(16, 16, 14\)"):
+    with pytest.raises(ValueError, match=r"case_0001.nii.gz and its label .* different voxel grids \(shape \(16, 16, 16\) vs \(16, 16, 14\)\)"):
         run_segmentation(encoder, data, SegmentConfig(steps=1))
 
 
