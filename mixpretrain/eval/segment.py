@@ -345,8 +345,8 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     if resampled:
         result["labels_resampled"] = resampled
         notes.append(f"{len(resampled)} of {len(train) + len(val)} labels were on another voxel grid than their image "
-                     "and were resampled onto it (nearest neighbour; labels_resampled lists them with each class's "
-                     "volume kept)")
+                     "(or DICOM SEG frames) and were resampled onto it (nearest neighbour; labels_resampled lists them "
+                     "with each class's volume kept)")
     if notes:
         result["notes"] = notes
     runs = [cfg.scratch] + ([True] if compare_scratch and not cfg.scratch else [])

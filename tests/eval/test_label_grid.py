@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mixpretrain.data.readers import read_dicom_path
-from mixpretrain.eval.common import grid_mismatch, load_volumes, read_image, resample_label_to_image
+from mixpretrain.eval.common import load_volumes, read_image
+from mixpretrain.eval.labels import grid_mismatch, resample_label_to_image
 from mixpretrain.eval.phantom_tasks import write_phantom_tasks
 from mixpretrain.eval.segment import SegmentConfig, run_segmentation
 from mixpretrain.models import build_mae, save_encoder
