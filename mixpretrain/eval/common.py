@@ -345,7 +345,7 @@ def load_volumes(
     img_size: Sequence[int],
     intensity: str | dict[str, Any] = "none",
     with_label: bool = False,
-    n_classes: int | None = None,
+    classes: int | dict[int, str] | None = None,
     spacing: Sequence[float] | None = None,
     resample_labels: bool = False,
 ) -> list[dict[str, Any]]:
@@ -355,12 +355,13 @@ def load_volumes(
     resampled to that spacing instead (labels: nearest neighbour) and padded to at least
     ``img_size``: the volumes keep their own sizes, for crops and a sliding window (segment).
 
-    A label is a file MONAI reads or a DICOM SEG. It must be on its image's voxel grid (shape and
-    affine, ``labels.grid_mismatch``): a mismatch is an error naming both files, or with
-    ``resample_labels`` a nearest-neighbour resample of the label onto the image grid; a DICOM SEG is
-    always placed so (``labels.place_label``). Either is reported per case in ``label_resampled``
-    (each class's volume kept). With ``n_classes``, every label voxel must hold a whole class number 0..n_classes-1 as
-    read, before any resample or resize (``check_label_values``).
+    A label is a file MONAI reads, a DICOM SEG or an RTSTRUCT (``labels.read_label``). It must be on
+    its image's voxel grid (shape and affine, ``labels.grid_mismatch``): a mismatch is an error
+    naming both files, or with ``resample_labels`` a nearest-neighbour resample of the label onto the
+    image grid; a DICOM SEG is always placed so, an RTSTRUCT rasterised on the image grid. Either is
+    reported per case in ``label_resampled``. ``classes``: ``{number: name}`` from dataset.json (or
+    a class count): every label voxel must hold a whole class number as read, before any resample or
+    resize (``check_label_values``); an RTSTRUCT's ROIs are matched to the names.
     ``intensity``: a mode name, or a recorded recipe (``resolve_intensity`` of ``ingest``) that
     ingest's own intensity step applies to each image as read; a phantom recipe changes nothing,
     since phantom task images are synthesised already normalised.
@@ -368,9 +369,11 @@ def load_volumes(
     from monai import transforms as mt
     from monai.data import MetaTensor
 
-    from .labels import SegFrames, is_dicom_seg, place_label, read_dicom_seg
+    from .labels import read_label
 
     keys = ["image", "label"] if with_label else ["image"]
+    if isinstance(classes, int):  # a class count: numbered names (an RTSTRUCT needs the real ones)
+        classes = {c: str(c) for c in range(classes)}
     for item in items:
         for key in keys:
             if not Path(item[key]).exists():
@@ -393,16 +396,8 @@ def load_volumes(
         data, metas = dict(item), {}
         data["image"], metas["image"] = read_image(item["image"], monai_reader)
         if with_label:
-            seg_info = None
-            if is_dicom_seg(item["label"]):
-                data["label"], seg_info = read_dicom_seg(item["label"])
-            else:
-                data["label"], _ = read_image(item["label"], monai_reader)
-            if n_classes is not None:
-                values = data["label"].values() if isinstance(data["label"], SegFrames) else data["label"]
-                check_label_values(values, item["label"], n_classes)
-            data["label"], report = place_label(data["image"], data["label"], item["image"], item["label"],
-                                                resample_labels, seg_info, metas["image"])
+            data["label"], report = read_label(item["label"], data["image"], item["image"], metas["image"], monai_reader,
+                                               classes, resample_labels)
             if report is not None:
                 data["label_resampled"] = report
         data["voxel_mm"] = (voxel_mm_after_resize(data["image"], img_size) if spacing is None

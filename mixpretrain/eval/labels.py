@@ -305,6 +305,41 @@ def image_frame_of_reference(meta: dict[str, Any] | None) -> str | None:
     return str(uid) if uid else None
 
 
+def read_label(label_path: str | Path, image: Any, image_path: str | Path, image_meta: dict[str, Any] | None,
+               monai_reader: Any, classes: dict[int, str] | None, resample: bool) -> tuple[Any, dict[str, Any] | None]:
+    """One case's label on its image's grid, and a report when it was not there as given (None
+    otherwise). A DICOM SEG or an RTSTRUCT is recognised by its header; any other label is read
+    like an image. Label values are checked against ``classes`` before any placement."""
+    from .common import check_label_values, read_image
+    from .rtstruct import is_rtstruct, rasterise, read_rtstruct
+
+    if is_rtstruct(label_path):
+        if classes is None:
+            raise ValueError(f"label {label_path}: an RTSTRUCT needs class names to match its ROIs to")
+        contours = read_rtstruct(label_path)
+        _check_frame_of_reference(contours.frame_of_reference_uid, image_meta, label_path, image_path, "RTSTRUCT")
+        label, report = rasterise(contours, image, classes, image_path)
+        log.info("label %s: RTSTRUCT rasterised on the grid of %s (ROI -> class %s; %d voxels in several ROIs)",
+                 label_path, image_path, report["rois"], report["overlap_voxels"])
+        return label, report
+    seg_info = None
+    if is_dicom_seg(label_path):
+        label, seg_info = read_dicom_seg(label_path)
+    else:
+        label, _ = read_image(label_path, monai_reader)
+    if classes is not None:
+        check_label_values(label.values() if isinstance(label, SegFrames) else label, label_path, len(classes))
+    return place_label(image, label, image_path, label_path, resample, seg_info, image_meta)
+
+
+def _check_frame_of_reference(uid: str | None, image_meta: dict[str, Any] | None, label_path: str | Path,
+                              image_path: str | Path, kind: str) -> None:
+    image_for = image_frame_of_reference(image_meta)
+    if uid and image_for and image_for != uid:
+        raise ValueError(f"label {label_path}: {kind} of frame of reference {uid}, but its image {image_path} is in "
+                         f"{image_for}: the {kind} was not drawn on this image")
+
+
 def place_label(image: Any, label: Any, image_path: str | Path, label_path: str | Path, resample: bool,
                 seg_info: dict[str, Any] | None = None, image_meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
     """The label on its image's grid, and a report when it had to be resampled (None otherwise).
@@ -312,10 +347,7 @@ def place_label(image: Any, label: Any, image_path: str | Path, label_path: str 
     A label on another grid is an error unless ``resample``; a DICOM SEG (``seg_info``) is always
     placed, after its FrameOfReferenceUID is checked against a DICOM image's."""
     if seg_info is not None:
-        image_for = image_frame_of_reference(image_meta)
-        if image_for and image_for != seg_info["frame_of_reference_uid"]:
-            raise ValueError(f"label {label_path}: DICOM SEG of frame of reference {seg_info['frame_of_reference_uid']}, "
-                             f"but its image {image_path} is in {image_for}: the SEG was not drawn on this image")
+        _check_frame_of_reference(seg_info["frame_of_reference_uid"], image_meta, label_path, image_path, "DICOM SEG")
     if isinstance(label, SegFrames):
         planes = source_planes(image_meta, np.cross(label.row_dir, label.col_dir), label_path)
         before = _frames_volumes(label, planes)

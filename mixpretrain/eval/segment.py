@@ -319,7 +319,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     intensity, spacing = resolve_inputs(cfg.intensity, cfg.spacing, cfg.intensity_domain, enc.export_meta, encoder_path)
     t0 = time.perf_counter()
     # Label values (whole numbers 0..K-1) are checked per file as read, before the resize.
-    vols = {name: load_volumes(items, img_size, intensity, with_label=True, n_classes=len(classes), spacing=spacing,
+    vols = {name: load_volumes(items, img_size, intensity, with_label=True, classes=classes, spacing=spacing,
                                resample_labels=cfg.resample_labels)
             for name, items in (("train", train), ("val", val))}
     data: dict[str, Any] = {"roi": img_size} if spacing else {}
@@ -345,8 +345,7 @@ def run_segmentation(encoder_path: str | Path, data_dir: str | Path, cfg: Segmen
     if resampled:
         result["labels_resampled"] = resampled
         notes.append(f"{len(resampled)} of {len(train) + len(val)} labels were on another voxel grid than their image "
-                     "(or DICOM SEG frames) and were resampled onto it (nearest neighbour; labels_resampled lists them "
-                     "with each class's volume kept)")
+                     "(or were DICOM SEG frames / RTSTRUCT contours) and were placed on it (labels_resampled lists them)")
     if notes:
         result["notes"] = notes
     runs = [cfg.scratch] + ([True] if compare_scratch and not cfg.scratch else [])

@@ -106,7 +106,7 @@ def test_sparse_seg_lands_on_the_series_voxels(real_data_dir: Path, sparse_seg: 
     np.testing.assert_array_equal(placed.as_tensor()[0].numpy().astype(np.uint8), expected)
     assert report["was"].startswith("DICOM SEG, shape (512, 512, 120) vs")
     assert report["volume_kept"] == {1: 1.0, 2: 1.0} and report["segments"] == {1: "bright", 2: "band"}
-    (item,) = load_volumes([{"image": str(folder), "label": str(sparse_seg)}], SIZE, with_label=True, n_classes=3)
+    (item,) = load_volumes([{"image": str(folder), "label": str(sparse_seg)}], SIZE, with_label=True, classes=3)
     assert item["label"].shape == (1, *SIZE) and set(item["label"].unique().tolist()) == {0, 1, 2}
 
 
@@ -136,15 +136,15 @@ def test_full_seg_matches_without_a_resample_and_a_nifti_image_takes_it(
 
 def test_seg_of_another_frame_of_reference_is_refused(real_data_dir: Path, sparse_seg: Path) -> None:
     with pytest.raises(ValueError, match=r"sparse.dcm: DICOM SEG of frame of reference .*, but its image "
-                                         r".*dcmqa_ct_GE_head_tilt_dicom is in .*: the SEG was not drawn on this image"):
+                                         r".*dcmqa_ct_GE_head_tilt_dicom is in .*: the DICOM SEG was not drawn on this image"):
         load_volumes([{"image": str(real_data_dir / CT_SERIES), "label": str(sparse_seg)}], SIZE, with_label=True,
-                     n_classes=3)
+                     classes=3)
 
 
 def test_seg_segment_numbers_are_the_classes(real_data_dir: Path, sparse_seg: Path) -> None:
     with pytest.raises(ValueError, match=r"sparse.dcm: .* voxel\(s\) hold value\(s\) 2 outside the allowed"):
         load_volumes([{"image": str(real_data_dir / MR_SERIES), "label": str(sparse_seg)}], SIZE, with_label=True,
-                     n_classes=2)
+                     classes=2)
 
 
 def test_overlapping_and_fractional_segs_are_refused(mr_sources, thresholds, tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_seg_of_a_tilted_series_is_placed_frame_by_frame(real_data_dir: Path, tm
     hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sources])
     seg = _write_seg(sources, {1: hu > 300}, tmp_path / "bone.dcm")  # bone
     assert isinstance(read_dicom_seg(seg)[0], SegFrames)
-    (item,) = load_volumes([{"image": str(folder), "label": str(seg)}], SIZE, with_label=True, n_classes=2)
+    (item,) = load_volumes([{"image": str(folder), "label": str(seg)}], SIZE, with_label=True, classes=2)
     report = item["label_resampled"]
     assert report["was"] == "DICOM SEG, frames placed by position (not one regular volume)"
     assert report["volume_kept"][1] == pytest.approx(1.0, abs=0.01)
@@ -198,4 +198,4 @@ def test_seg_of_a_tilted_series_is_placed_frame_by_frame(real_data_dir: Path, tm
     nib.save(nib.Nifti1Image(vol.array, vol.affine), str(nifti))
     with pytest.raises(ValueError, match=r"bone.dcm: its frames do not form one regular volume .* its image must be "
                                          r"that series' folder"):
-        load_volumes([{"image": str(nifti), "label": str(seg)}], SIZE, with_label=True, n_classes=2)
+        load_volumes([{"image": str(nifti), "label": str(seg)}], SIZE, with_label=True, classes=2)

@@ -116,10 +116,10 @@ def test_a_bad_label_voxel_is_found_before_the_resize(tmp_path: Path) -> None:
     out = load_volumes([item], [4, 4, 4], with_label=True)  # unchecked: the 9 is gone
     assert int(out[0]["label"].max()) == 0
     with pytest.raises(ValueError, match=r"lab.nii.gz: 1 voxel\(s\) hold value\(s\) 9 outside the allowed class numbers 0..4"):
-        load_volumes([item], [4, 4, 4], with_label=True, n_classes=5)
+        load_volumes([item], [4, 4, 4], with_label=True, classes=5)
     label[1, 1, 1] = 3
     item["label"] = _nifti(tmp_path / "lab.nii.gz", label)
-    assert int(load_volumes([item], [8, 8, 8], with_label=True, n_classes=5)[0]["label"].max()) == 3
+    assert int(load_volumes([item], [8, 8, 8], with_label=True, classes=5)[0]["label"].max()) == 3
 
 
 def _csv(tmp_path: Path, body: str) -> Path:

@@ -35,11 +35,11 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_volumes_keep_their_size_at_the_spacing(tasks: Path) -> None:
     train, val, _ = read_decathlon(tasks)
-    (fine,) = load_volumes(train[:1], [ENC_SIZE] * 3, with_label=True, n_classes=5, spacing=(5.0, 5.0, 5.0))
+    (fine,) = load_volumes(train[:1], [ENC_SIZE] * 3, with_label=True, classes=5, spacing=(5.0, 5.0, 5.0))
     # MONAI keeps the span of the voxel centres: (32 - 1) x 10 / 5 + 1 = 63 voxels
     assert fine["image"].shape == (1, 63, 63, 63) and fine["label"].shape == (1, 63, 63, 63)
     assert fine["voxel_mm"] == [5.0, 5.0, 5.0]
-    (coarse,) = load_volumes(train[:1], [ENC_SIZE] * 3, with_label=True, n_classes=5, spacing=(40.0, 40.0, 40.0))
+    (coarse,) = load_volumes(train[:1], [ENC_SIZE] * 3, with_label=True, classes=5, spacing=(40.0, 40.0, 40.0))
     assert coarse["image"].shape == (1, ENC_SIZE, ENC_SIZE, ENC_SIZE)  # 8 voxels at 40 mm, padded to one crop
     # nearest neighbour keeps labels whole classes of the task
     assert set(np.unique(fine["label"].numpy())) <= set(range(5))

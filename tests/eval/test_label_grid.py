@@ -70,11 +70,11 @@ def test_same_shape_on_another_grid_is_refused(real_data_dir: Path, mr, tmp_path
     with pytest.raises(ValueError, match=r"spm12_single_subj_T1.nii and its label .*shifted.nii.gz are on different "
                                          r"voxel grids \(the same shape \(91, 109, 91\), but corner voxels up to 3.46 mm "
                                          r"apart; origin .*\); --resample-labels"):
-        load_volumes([item], SIZE, with_label=True, n_classes=2)
+        load_volumes([item], SIZE, with_label=True, classes=2)
     coarse = image_nii.affine @ np.diag([2.0, 2.0, 2.0, 1.0])  # the same shape at 4 mm
     item["label"] = str(_save(mask, coarse, tmp_path / "coarse_same_shape.nii.gz"))
     with pytest.raises(ValueError, match=r"spacing 2x2x2 vs 4x4x4 mm"):
-        load_volumes([item], SIZE, with_label=True, n_classes=2)
+        load_volumes([item], SIZE, with_label=True, classes=2)
 
 
 def test_cropped_roi_label_is_placed_exactly(real_data_dir: Path, mr, tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_cropped_roi_label_is_placed_exactly(real_data_dir: Path, mr, tmp_path: 
     np.testing.assert_array_equal(out.as_tensor()[0].round().numpy(), expected.as_tensor()[0].numpy())
     assert report["volume_kept"] == {1: 1.0}
     (item,) = load_volumes([{"image": str(real_data_dir / MR), "label": str(label_path)}], SIZE, with_label=True,
-                           n_classes=2, resample_labels=True)
+                           classes=2, resample_labels=True)
     assert item["label"].shape == (1, *SIZE) and item["label_resampled"]["was"].startswith("shape")
 
 
@@ -114,7 +114,7 @@ def test_label_outside_the_image_is_refused_even_when_resampling(real_data_dir: 
     far = _save(mask, _shifted(image_nii.affine, 1000.0), tmp_path / "far.nii.gz")
     with pytest.raises(ValueError, match=r"far.nii.gz: class\(es\) \[1\] fall outside its image .*single_subj_T1.nii's "
                                          r"voxel grid once resampled onto it"):
-        load_volumes([{"image": str(real_data_dir / MR), "label": str(far)}], SIZE, with_label=True, n_classes=2,
+        load_volumes([{"image": str(real_data_dir / MR), "label": str(far)}], SIZE, with_label=True, classes=2,
                      resample_labels=True)
 
 
@@ -128,7 +128,7 @@ def test_dicom_series_with_nifti_labels(real_data_dir: Path, tmp_path: Path) -> 
     same = _save(mask, vol.affine, tmp_path / "bone.nii.gz")
     assert grid_mismatch(image, _reader()(str(same))) is None
     half = _save(mask[::2, ::2, :], vol.affine @ np.diag([2.0, 2.0, 1.0, 1.0]), tmp_path / "bone_half.nii.gz")
-    (item,) = load_volumes([{"image": str(folder), "label": str(half)}], SIZE, with_label=True, n_classes=2,
+    (item,) = load_volumes([{"image": str(folder), "label": str(half)}], SIZE, with_label=True, classes=2,
                            resample_labels=True)
     out, _ = resample_label_to_image(_reader()(str(half)), image, half, folder)
     assert _dice(out.as_tensor()[0].numpy() > 0.5, mask > 0) > 0.8
