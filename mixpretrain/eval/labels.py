@@ -95,18 +95,23 @@ def resample_label_to_image(label: Any, image: Any, label_path: str | Path, imag
     return out, {"label": str(label_path), "volume_kept": kept}
 
 
-def is_dicom_seg(path: str | Path) -> bool:
-    """A file whose DICOM header says Segmentation Storage (read without pixel data)."""
+def sop_class_uid(path: str | Path) -> str | None:
+    """The SOPClassUID of a DICOM file (header only), or None for a folder or a non-DICOM file:
+    how a DICOM SEG or an RTSTRUCT label is told from a label image."""
     import pydicom
 
     path = Path(path)
     if not path.is_file():
-        return False
+        return None
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except Exception:  # not DICOM at all (NIfTI, NRRD, ...): pydicom raises several types
-        return False
-    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID
+        return None
+    return str(ds.get("SOPClassUID", "")) or None
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    return sop_class_uid(path) == SEG_SOP_CLASS_UID
 
 
 def read_dicom_seg(path: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -161,9 +166,14 @@ class SegFrames:
     col_dir: np.ndarray  # direction of increasing row index (ImageOrientationPatient[3:])
     spacing: tuple[float, float]  # PixelSpacing: between rows, between columns (mm)
 
+    def class_map(self) -> np.ndarray:
+        """(frames, rows, cols) class values: the frame's segment number where a BINARY frame is set,
+        the pixels themselves for a LABELMAP."""
+        return np.where(self.pixels > 0, self.segment[:, None, None], 0) if self.segment.any() else self.pixels
+
     def values(self) -> np.ndarray:
         """The class values the frames hold (for the label value check)."""
-        return np.unique(np.where(self.pixels > 0, self.segment[:, None, None] if self.segment.any() else self.pixels, 0))
+        return np.unique(self.class_map())
 
 
 def _group(seg: Any, frame: int, name: str) -> Any:
@@ -284,7 +294,7 @@ def _frames_volumes(frames: SegFrames, planes: np.ndarray) -> dict[int, float]:
     lower, upper = _plane_extents(planes)
     along = frames.position @ np.cross(frames.row_dir, frames.col_dir)
     slab = (upper - lower)[np.clip(np.searchsorted(planes, np.round(along, 3)), 0, len(planes) - 1)]
-    values = np.where(frames.pixels > 0, frames.segment[:, None, None], 0) if frames.segment.any() else frames.pixels
+    values = frames.class_map()
     volumes: dict[int, float] = {}
     for f in range(len(values)):
         found, counts = np.unique(values[f], return_counts=True)
@@ -311,9 +321,10 @@ def read_label(label_path: str | Path, image: Any, image_path: str | Path, image
     otherwise). A DICOM SEG or an RTSTRUCT is recognised by its header; any other label is read
     like an image. Label values are checked against ``classes`` before any placement."""
     from .common import check_label_values, read_image
-    from .rtstruct import is_rtstruct, rasterise, read_rtstruct
+    from .rtstruct import RTSTRUCT_SOP_CLASS_UID, rasterise, read_rtstruct
 
-    if is_rtstruct(label_path):
+    sop = sop_class_uid(label_path)
+    if sop == RTSTRUCT_SOP_CLASS_UID:
         if classes is None:
             raise ValueError(f"label {label_path}: an RTSTRUCT needs class names to match its ROIs to")
         contours = read_rtstruct(label_path)
@@ -323,7 +334,7 @@ def read_label(label_path: str | Path, image: Any, image_path: str | Path, image
                  label_path, image_path, report["rois"], report["overlap_voxels"])
         return label, report
     seg_info = None
-    if is_dicom_seg(label_path):
+    if sop == SEG_SOP_CLASS_UID:
         label, seg_info = read_dicom_seg(label_path)
     else:
         label, _ = read_image(label_path, monai_reader)

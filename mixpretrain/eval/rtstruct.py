@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .labels import LPS_TO_RAS
+from .labels import LPS_TO_RAS, sop_class_uid
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,7 @@ def _key(name: str) -> str:
 
 
 def is_rtstruct(path: str | Path) -> bool:
-    """A file whose DICOM header says RT Structure Set Storage."""
-    import pydicom
-
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except Exception:  # not DICOM: pydicom raises several types
-        return False
-    return str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS_UID
+    return sop_class_uid(path) == RTSTRUCT_SOP_CLASS_UID
 
 
 def read_rtstruct(path: str | Path) -> Contours:
